@@ -1,0 +1,7 @@
+"""Partitions shared by the assets (DESIGN.md section 2)."""
+
+import dagster as dg
+
+# One partition per ingest batch (what one sensor tick discovered), never one per image:
+# Dagster recommends < 100k partitions per asset.
+ingest_batches = dg.DynamicPartitionsDefinition(name="ingest_batches")

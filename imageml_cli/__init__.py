@@ -1,0 +1,1 @@
+"""The `imageml` command line."""

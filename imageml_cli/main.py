@@ -1,0 +1,252 @@
+"""`imageml`: demo, one-shot runs, lineage, and the embedded dev stack."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from imageml_core.archives import InvalidArchive
+from imageml_core.embedded_s3 import EmbeddedServiceError
+from imageml_core.ingest import UnknownBatch
+from imageml_core.settings import ConfigError, Settings
+from imageml_core.staging import InsufficientStagingSpace
+from imageml_core.uris import InvalidS3Uri
+
+_USER_ERRORS = (
+    ConfigError,
+    InvalidS3Uri,
+    InsufficientStagingSpace,
+    EmbeddedServiceError,
+    UnknownBatch,
+    InvalidArchive,
+)
+
+
+def _home(path: str | None, leaf: str) -> Path:
+    base = Path(path or os.environ.get("IMAGEML_HOME") or Path.cwd() / ".imageml")
+    return base / leaf if leaf else base
+
+
+class _Cli(click.Group):
+    """Turns the errors a user can cause into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Cli)
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def cli(verbose: bool) -> None:
+    """ImageML: image-ML data pipeline on Dagster."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+
+
+def _print_summary(summary: object, echo=click.echo) -> None:  # type: ignore[no-untyped-def]
+    from imageml_cli.runner import RunSummary
+
+    assert isinstance(summary, RunSummary)
+    for run in summary.runs:
+        status = "ok" if run.success else "FAILED"
+        counts = {k[6:]: v for k, v in run.metadata.items() if k.startswith("count_")}
+        line = f"  {run.stage:<9} {run.partition_key}  {status}  {counts}"
+        if "manifest_uri" in run.metadata:
+            line += f"\n            manifest: {run.metadata['manifest_uri']}"
+        if not run.success:
+            line += f"\n            error: {run.metadata.get('error', 'see the Dagster run log')}"
+        echo(line)
+    echo(f"  mirrored {summary.mirrored} Dagster materialization(s) into the manifest store")
+    echo(f"  {len(summary.runs)} run(s) in {summary.seconds:.1f} s")
+
+
+@cli.command()
+@click.option(
+    "--images",
+    default=24,
+    show_default=True,
+    help="Synthetic images to generate (plus a ZIP of 5).",
+)
+@click.option(
+    "--home", type=click.Path(file_okay=False), help="Working directory [default: ./.imageml/demo]."
+)
+@click.option(
+    "--keep", is_flag=True, help="Keep the previous demo's state instead of starting fresh."
+)
+@click.option("--until", default=None, help="Last stage to run [default: every stage that exists].")
+def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
+    """Generate a labelled image set and run every stage on embedded services."""
+    from imageml_cli.embedded import embedded_stack
+    from imageml_cli.runner import STAGES, open_instance, run_pipeline
+    from imageml_core.manifest import INGEST
+    from imageml_core.object_store import ObjectStore
+    from imageml_core.synthetic import generate_dataset
+    from imageml_resources.manifest_store import open_manifest_store
+
+    work = Path(home) if home else _home(None, "demo")
+    if work.exists() and not keep:
+        shutil.rmtree(work)
+    started = time.monotonic()
+    click.echo(f"ImageML demo in {work}")
+    with embedded_stack(work) as settings:
+        click.echo(
+            f"  S3 (SeaweedFS) at {settings.s3_endpoint_url}; manifest store {settings.manifest_db_url}"
+        )
+        local = work / "synthetic"
+        files = generate_dataset(local, images=images)
+        store = ObjectStore(settings.s3_endpoint_url, max_concurrency=settings.s3_max_concurrency)
+        store.upload_many([(local / f, settings.raw_uri.join("synthetic", str(f))) for f in files])
+        click.echo(f"  uploaded {len(files)} raw objects to {settings.raw_uri}/synthetic/")
+        instance = open_instance(work / "dagster")
+        last = until or list(STAGES)[-1]
+        summary = run_pipeline(settings, instance, until=last, echo=lambda m: click.echo(f"  {m}"))
+        _print_summary(summary)
+        click.echo("  second pass (nothing is new, so nothing runs):")
+        again = run_pipeline(settings, instance, until=last, echo=lambda m: click.echo(f"  {m}"))
+        manifest = open_manifest_store(settings.manifest_db_url)
+        quarantined = [
+            r for r in manifest.processed_objects(INGEST) if r["status"] == "quarantined"
+        ]
+        registered = [r for r in manifest.processed_objects(INGEST) if r["status"] == "ok"]
+        click.echo(
+            f"\nSummary: {len(summary.runs)} ingest batch(es), {len(registered)} objects registered, {len(quarantined)} quarantined"
+        )
+        for r in quarantined:
+            click.echo(f"  quarantined {r['object_uri']}: {r['reason']}")
+        click.echo(f"  rerun processed {len(again.runs)} batch(es)")
+        click.echo(
+            f"  lineage example: imageml lineage --home {work} {settings.raw_uri}/synthetic/shapes-archive.zip"
+        )
+        instance.dispose()
+        if summary.failed:
+            raise click.ClickException(f"{len(summary.failed)} run(s) failed")
+    click.echo(f"Done in {time.monotonic() - started:.1f} s; services stopped.")
+
+
+@cli.command()
+@click.option("--until", default="ingest", show_default=True, help="Last stage to run.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="Embedded Dagster home when DAGSTER_HOME is unset.",
+)
+def run(until: str, home: str | None) -> None:
+    """Process whatever is new now, through the sensors' own definitions (for cron, CI, debugging)."""
+    import dagster as dg
+
+    from imageml_cli.runner import STAGES, open_instance, run_pipeline
+
+    if until not in STAGES:
+        raise click.BadParameter(f"stages available: {', '.join(STAGES)}", param_hint="--until")
+    settings = Settings.from_env(home=_home(home, ""))
+    instance = (
+        dg.DagsterInstance.get()
+        if os.environ.get("DAGSTER_HOME")
+        else open_instance(_home(home, "dagster"))
+    )
+    summary = run_pipeline(settings, instance, until=until, echo=click.echo)
+    _print_summary(summary)
+    if summary.failed:
+        raise click.ClickException(f"{len(summary.failed)} run(s) failed")
+
+
+@cli.command()
+@click.argument("uri")
+@click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="Embedded home (for its SQLite manifest store).",
+)
+def lineage(uri: str, as_json: bool, home: str | None) -> None:
+    """The chain from a source object to every output, and back."""
+    from imageml_resources.manifest_store import open_manifest_store
+
+    settings = Settings.from_env(home=_home(home, ""))
+    store = open_manifest_store(settings.manifest_db_url)
+    found = store.lineage(uri)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, sort_keys=True, default=str))
+        return
+    if not found["records"] and not found["upstream"] and not found["downstream"]:
+        raise click.ClickException(
+            f"{uri} is not in the manifest store at {settings.manifest_db_url}"
+        )
+    click.echo(uri)
+    for r in found["records"]:
+        why = f" ({r['reason']})" if r["reason"] else ""
+        click.echo(
+            f"  stage {r['stage']} {r['step']}: {r['status']}{why}  batch {r['partition_key']}  etag {r['etag']}"
+        )
+    for e in found["upstream"]:
+        click.echo(f"  <- {e['input_uri']}  (stage {e['stage']} {e['step']}, run {e['run_id']})")
+    for e in found["downstream"]:
+        click.echo(f"  -> {e['output_uri']}  (stage {e['stage']} {e['step']}, run {e['run_id']})")
+
+
+@cli.command()
+@click.option(
+    "--home", type=click.Path(file_okay=False), help="Working directory [default: ./.imageml/dev]."
+)
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port (loopback).")
+@click.option("--s3-port", default=8333, show_default=True, help="S3 port (a free one if taken).")
+def dev(home: str | None, port: int, s3_port: int) -> None:
+    """Embedded services plus the Dagster UI, until Ctrl-C."""
+    from imageml_cli.embedded import embedded_stack
+    from imageml_cli.runner import open_instance
+
+    work = Path(home) if home else _home(None, "dev")
+    with embedded_stack(work, s3_port=s3_port) as settings:
+        dagster_home = work / "dagster"
+        open_instance(dagster_home).dispose()
+        env = dict(os.environ, DAGSTER_HOME=str(dagster_home), **settings.to_env())
+        click.echo(
+            f"S3 at {settings.s3_endpoint_url} (key {env['AWS_ACCESS_KEY_ID']}); raw prefix {settings.raw_uri}"
+        )
+        click.echo(f"Dagster UI at http://127.0.0.1:{port}  (Ctrl-C stops everything)")
+        # Own process group: `dagster dev` ignores SIGTERM from a non-interactive parent.
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-m",
+                "imageml_assets.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,358 @@
+"""S3-compatible object store client (AWS S3, RustFS, MinIO, SeaweedFS) on boto3.
+
+Plain Python with no Dagster import: stage containers and tests use it directly, and
+:mod:`imageml_resources.object_store` wraps it as a Dagster resource.
+
+Integrity: uploads send ``Content-MD5`` so the server rejects corrupted bodies; downloads
+hash the stream and compare with the ETag when the ETag is a plain MD5 (single-part
+uploads) or with the size otherwise. Mismatches are retried with backoff, then raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from imageml_core.retry import call_with_retries
+from imageml_core.uris import S3Uri
+
+log = logging.getLogger(__name__)
+
+_PLAIN_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+_CHUNK = 1024 * 1024
+# Above this size boto3's managed multipart transfer is used; its ETag is not an MD5.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+class IntegrityError(IOError):
+    """Bytes received or stored do not match what the server or the sender said."""
+
+
+class ObjectNotFound(FileNotFoundError):
+    """The object does not exist (or is not visible with these credentials)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object. ``etag`` is without quotes; ``size`` is in bytes."""
+
+    uri: S3Uri
+    etag: str
+    size: int
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """A finished transfer with the hashes computed on the bytes that crossed the wire."""
+
+    uri: S3Uri
+    path: Path
+    size: int
+    etag: str
+    md5: str
+    sha256: str
+
+
+def _strip_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+def _hash_file(path: Path) -> tuple[str, str, int]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+    return md5.hexdigest(), sha.hexdigest(), size
+
+
+class ObjectStore:
+    """A thin, typed layer over a boto3 S3 client.
+
+    ``endpoint_url`` empty means AWS; anything else is an S3-compatible server, addressed
+    path-style (RustFS, MinIO and SeaweedFS do not need DNS per bucket that way).
+    ``max_concurrency`` bounds parallel transfers and the HTTP connection pool.
+    """
+
+    def __init__(
+        self,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_concurrency: int = 16,
+        max_attempts: int = 5,
+    ) -> None:
+        self.endpoint_url = endpoint_url or None
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_attempts = max(1, max_attempts)
+        config = Config(
+            region_name=region or "us-east-1",
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            max_pool_connections=self.max_concurrency + 4,
+            s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        self.client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+            config=config,
+        )
+
+    # ------------------------------------------------------------------ buckets
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` if it does not exist (embedded stack and tests)."""
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            try:
+                self.client.create_bucket(Bucket=bucket)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    # ------------------------------------------------------------------ listing
+    def list_objects(
+        self, location: S3Uri, *, start_after: str | None = None, page_size: int = 1000
+    ) -> Iterator[ObjectInfo]:
+        """Every object under ``location`` in key order, across all pages.
+
+        ``start_after`` is a full key: only keys sorting after it are listed, which is what
+        makes a cursor-based sensor tick cost proportional to what is new.
+        """
+        kwargs: dict[str, object] = {
+            "Bucket": location.bucket,
+            "Prefix": location.prefix,
+            "PaginationConfig": {"PageSize": page_size},
+        }
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if key.endswith("/") and item.get("Size", 0) == 0:
+                    continue  # a "folder" marker, not an object
+                yield ObjectInfo(
+                    uri=S3Uri(location.bucket, key),
+                    etag=_strip_etag(item.get("ETag")),
+                    size=int(item.get("Size", 0)),
+                    last_modified=item.get("LastModified"),
+                )
+
+    def head(self, uri: S3Uri) -> ObjectInfo | None:
+        """Metadata of one object, or ``None`` if it does not exist."""
+        try:
+            resp = self.client.head_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(
+            uri=uri,
+            etag=_strip_etag(resp.get("ETag")),
+            size=int(resp.get("ContentLength", 0)),
+            last_modified=resp.get("LastModified"),
+        )
+
+    # ------------------------------------------------------------------ bytes
+    def get_bytes(self, uri: S3Uri) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise ObjectNotFound(f"{uri} does not exist") from exc
+            raise
+        return resp["Body"].read()
+
+    def put_bytes(
+        self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> ObjectInfo:
+        """Write ``data`` with a Content-MD5 the server verifies; returns the stored object."""
+        digest = hashlib.md5(data, usedforsecurity=False)
+        resp = self.client.put_object(
+            Bucket=uri.bucket,
+            Key=uri.key,
+            Body=data,
+            ContentType=content_type,
+            ContentMD5=base64.b64encode(digest.digest()).decode(),
+        )
+        etag = _strip_etag(resp.get("ETag"))
+        if _PLAIN_MD5_ETAG.match(etag) and etag != digest.hexdigest():
+            raise IntegrityError(f"{uri}: server stored ETag {etag}, sent MD5 {digest.hexdigest()}")
+        return ObjectInfo(uri=uri, etag=etag or digest.hexdigest(), size=len(data))
+
+    def put_bytes_if_changed(
+        self, uri: S3Uri, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Write ``data`` unless an object with the same MD5 already exists there.
+
+        Returns True if it wrote. This is what keeps a rerun from touching a finished
+        output (same bytes -> no PUT, the object's Last-Modified stays put).
+        """
+        existing = self.head(uri)
+        if (
+            existing is not None
+            and existing.etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+        ):
+            return False
+        self.put_bytes(uri, data, content_type=content_type)
+        return True
+
+    # ------------------------------------------------------------------ files
+    def download_file(
+        self, uri: S3Uri, path: Path, *, expected: ObjectInfo | None = None
+    ) -> TransferResult:
+        """Download to ``path`` atomically (temp file + rename), verifying integrity."""
+
+        def attempt() -> TransferResult:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+            try:
+                resp = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    raise ObjectNotFound(f"{uri} does not exist") from exc
+                raise
+            etag = _strip_etag(resp.get("ETag"))
+            length = int(resp.get("ContentLength", -1))
+            md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+            size = 0
+            with tmp.open("wb") as fh:
+                for chunk in resp["Body"].iter_chunks(_CHUNK):
+                    fh.write(chunk)
+                    md5.update(chunk)
+                    sha.update(chunk)
+                    size += len(chunk)
+            try:
+                if length >= 0 and size != length:
+                    raise IntegrityError(f"{uri}: received {size} bytes, server said {length}")
+                if _PLAIN_MD5_ETAG.match(etag) and md5.hexdigest() != etag:
+                    raise IntegrityError(f"{uri}: MD5 {md5.hexdigest()} does not match ETag {etag}")
+                if expected is not None and expected.etag and etag != expected.etag:
+                    raise IntegrityError(
+                        f"{uri} changed while staging (ETag {expected.etag} listed, {etag} read)"
+                    )
+            except IntegrityError:
+                tmp.unlink(missing_ok=True)
+                raise
+            tmp.replace(path)
+            return TransferResult(uri, path, size, etag, md5.hexdigest(), sha.hexdigest())
+
+        return call_with_retries(
+            attempt, retry_on=(IntegrityError,), attempts=self.max_attempts, what=f"download {uri}"
+        )
+
+    def upload_file(
+        self, path: Path, uri: S3Uri, *, content_type: str | None = None
+    ) -> TransferResult:
+        """Upload ``path`` to ``uri``; small files in one verified PUT, large ones multipart."""
+        md5, sha, size = _hash_file(path)
+        extra = {"ContentType": content_type} if content_type else {}
+
+        def attempt() -> TransferResult:
+            if size >= MULTIPART_THRESHOLD:
+                from boto3.s3.transfer import TransferConfig
+
+                self.client.upload_file(
+                    str(path),
+                    uri.bucket,
+                    uri.key,
+                    ExtraArgs=extra,
+                    Config=TransferConfig(
+                        multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4
+                    ),
+                )
+                info = self.head(uri)
+                if info is None or info.size != size:
+                    raise IntegrityError(
+                        f"{uri}: stored size differs from {size} bytes after upload"
+                    )
+                return TransferResult(uri, path, size, info.etag, md5, sha)
+            with path.open("rb") as fh:
+                resp = self.client.put_object(
+                    Bucket=uri.bucket,
+                    Key=uri.key,
+                    Body=fh,
+                    ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
+                    **extra,
+                )
+            etag = _strip_etag(resp.get("ETag"))
+            if _PLAIN_MD5_ETAG.match(etag) and etag != md5:
+                raise IntegrityError(f"{uri}: server stored ETag {etag}, sent MD5 {md5}")
+            return TransferResult(uri, path, size, etag or md5, md5, sha)
+
+        return call_with_retries(
+            attempt, retry_on=(IntegrityError,), attempts=self.max_attempts, what=f"upload {uri}"
+        )
+
+    # ------------------------------------------------------------------ parallel
+    def download_many(
+        self,
+        items: Iterable[tuple[ObjectInfo, Path]],
+        *,
+        on_done: Callable[[TransferResult], None] | None = None,
+        return_exceptions: bool = False,
+    ) -> list[TransferResult | Exception]:
+        """Download in parallel, at most ``max_concurrency`` at once; order is preserved.
+
+        With ``return_exceptions`` a failed object yields its exception in its slot (after
+        retries) instead of aborting the others: one missing object must not sink a batch.
+        """
+        jobs = list(items)
+
+        def one(job: tuple[ObjectInfo, Path]) -> TransferResult | Exception:
+            info, path = job
+            try:
+                result = self.download_file(info.uri, path, expected=info)
+            except (ObjectNotFound, IntegrityError, ClientError, OSError) as exc:
+                if not return_exceptions:
+                    raise
+                return exc
+            if on_done:
+                on_done(result)
+            return result
+
+        return self._parallel(one, jobs)
+
+    def upload_many(
+        self,
+        items: Iterable[tuple[Path, S3Uri]],
+        *,
+        content_type: str | None = None,
+        on_done: Callable[[TransferResult], None] | None = None,
+    ) -> list[TransferResult]:
+        """Upload in parallel, at most ``max_concurrency`` at once; order is preserved."""
+        jobs = list(items)
+
+        def one(job: tuple[Path, S3Uri]) -> TransferResult:
+            result = self.upload_file(job[0], job[1], content_type=content_type)
+            if on_done:
+                on_done(result)
+            return result
+
+        return self._parallel(one, jobs)
+
+    def _parallel(self, fn: Callable, jobs: list) -> list:
+        if len(jobs) <= 1:
+            return [fn(job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
+            return list(pool.map(fn, jobs))
