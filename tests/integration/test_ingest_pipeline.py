@@ -19,7 +19,9 @@ def _snapshot(store: ObjectStore, bucket: str) -> dict[str, tuple[str, object]]:
 
 
 def _run(env: dict[str, str], home: Path) -> str:
-    result = CliRunner().invoke(cli, ["run", "--until", "ingest", "--home", str(home)], env=env, catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["run", "--until", "ingest", "--home", str(home)], env=env, catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -41,12 +43,21 @@ def test_fifty_images_once_then_nothing_then_only_new(
     _run(pg_env, tmp_path / "home")
     store = SqlManifestStore(pg_env["MANIFEST_DB_URL"])
     rows = store.processed_objects(INGEST)
-    images = [r for r in rows if r["status"] == "ok" and r["details"]["kind"] in ("image", "archive_member")]
+    images = [
+        r
+        for r in rows
+        if r["status"] == "ok" and r["details"]["kind"] in ("image", "archive_member")
+    ]
     assert len(images) == 50
     assert len({r["object_uri"] for r in images}) == 50  # each image exactly once
     members = [r for r in images if r["details"]["kind"] == "archive_member"]
-    assert sorted(r["object_uri"].rsplit("/", 1)[-1] for r in members) == [f"z{i}.jpg" for i in range(5)]
-    assert all(r["object_uri"].startswith(f"s3://{bucket}/bronze/unzipped/cams/archive.zip/") for r in members)
+    assert sorted(r["object_uri"].rsplit("/", 1)[-1] for r in members) == [
+        f"z{i}.jpg" for i in range(5)
+    ]
+    assert all(
+        r["object_uri"].startswith(f"s3://{bucket}/bronze/unzipped/cams/archive.zip/")
+        for r in members
+    )
     assert all(len(r["content_sha256"]) == 64 for r in images)
     # 46 raw objects with at most 20 per batch -> 3 batches, each a dataset version + manifest.
     assert len(store.manifests(INGEST)) == 3
@@ -91,20 +102,36 @@ def test_bad_objects_are_quarantined_with_reasons_and_left_in_place(
     object_store.put_bytes(raw.join("ok.jpg"), good)
     object_store.put_bytes(
         raw.join("mixed.zip"),
-        zip_bytes({"a.jpg": jpeg_bytes(2), "../escape.jpg": good, "__MACOSX/._a.jpg": b"x", "c.txt": b"text"}),
+        zip_bytes(
+            {
+                "a.jpg": jpeg_bytes(2),
+                "../escape.jpg": good,
+                "__MACOSX/._a.jpg": b"x",
+                "c.txt": b"text",
+            }
+        ),
     )
     _run(s3_env, tmp_path / "home")
     store = SqlManifestStore(s3_env["MANIFEST_DB_URL"])
     by_uri = {r["object_uri"]: r for r in store.processed_objects(INGEST)}
-    reasons = {uri.rsplit("/", 1)[-1]: r["reason"] for uri, r in by_uri.items() if r["status"] == "quarantined"}
+    reasons = {
+        uri.rsplit("/", 1)[-1]: r["reason"]
+        for uri, r in by_uri.items()
+        if r["status"] == "quarantined"
+    }
     assert reasons["empty.jpg"] == "empty object (0 bytes)"
     assert "truncated" in reasons["truncated.jpg"]
     assert "not an image" in reasons["text.png"]
     assert "not a valid ZIP" in reasons["broken.zip"]
     assert "not valid JSON" in reasons["bad.json"]
     assert any("unsafe member name" in (r["reason"] or "") for r in by_uri.values())
-    assert any(uri.endswith("mixed.zip#c.txt") and r["status"] == "quarantined" for uri, r in by_uri.items())
-    assert any(uri.endswith("#__MACOSX/._a.jpg") and r["status"] == "skipped" for uri, r in by_uri.items())
+    assert any(
+        uri.endswith("mixed.zip#c.txt") and r["status"] == "quarantined"
+        for uri, r in by_uri.items()
+    )
+    assert any(
+        uri.endswith("#__MACOSX/._a.jpg") and r["status"] == "skipped" for uri, r in by_uri.items()
+    )
     assert by_uri[f"s3://{bucket}/raw/ok.jpg"]["status"] == "ok"
     # Nothing in raw storage is deleted or changed.
     for name, data in bad.items():

@@ -1,0 +1,66 @@
+"""`imageml demo` and `imageml lineage` as a user runs them: separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _imageml(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "MANIFEST_", "S3_", "AWS_", "IMAGEML_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "imageml_cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    result = _imageml("demo", "--home", str(home), "--images", "6", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "ingest batch(es)" in out
+    # 6 images + 5 in the ZIP registered; the two broken files quarantined with reasons.
+    assert "1 ingest batch(es), 14 objects registered, 2 quarantined" in out
+    assert "not-an-image.jpg: not an image (unrecognised format)" in out
+    assert "rerun processed 0 batch(es)" in out
+    assert "services stopped" in out
+    # SeaweedFS is gone: nothing listens with our data directory any more.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(home / "s3") not in ps
+
+    lineage = _imageml(
+        "lineage", "--home", str(home), "--json", "s3://imageml/raw/synthetic/shapes-archive.zip", cwd=tmp_path
+    )
+    assert lineage.returncode == 0, lineage.stderr
+    chain = json.loads(lineage.stdout)
+    assert chain["records"][0]["status"] == "ok"
+    assert len(chain["downstream"]) == 5
+    assert all(e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in chain["downstream"])
+
+    member = chain["downstream"][0]["output_uri"]
+    back = _imageml("lineage", "--home", str(home), member, cwd=tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert "<- s3://imageml/raw/synthetic/shapes-archive.zip" in back.stdout
+
+
+def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
+    unknown = _imageml("lineage", "--home", str(tmp_path), "s3://imageml/nothing.jpg", cwd=tmp_path)
+    assert unknown.returncode == 1
+    assert "is not in the manifest store" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    bad_stage = _imageml("run", "--until", "bogus", "--home", str(tmp_path), cwd=tmp_path)
+    assert bad_stage.returncode == 2
+    assert "stages available: ingest" in bad_stage.stderr
