@@ -14,7 +14,11 @@ pytestmark = pytest.mark.e2e
 
 
 def _imageml(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAW_", "MANIFEST_", "S3_", "AWS_", "IMAGEML_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAW_", "MANIFEST_", "S3_", "AWS_", "IMAGEML_"))
+    }
     return subprocess.run(
         [sys.executable, "-m", "imageml_cli.main", *args],
         cwd=cwd,
@@ -42,13 +46,20 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     assert str(home / "s3") not in ps
 
     lineage = _imageml(
-        "lineage", "--home", str(home), "--json", "s3://imageml/raw/synthetic/shapes-archive.zip", cwd=tmp_path
+        "lineage",
+        "--home",
+        str(home),
+        "--json",
+        "s3://imageml/raw/synthetic/shapes-archive.zip",
+        cwd=tmp_path,
     )
     assert lineage.returncode == 0, lineage.stderr
     chain = json.loads(lineage.stdout)
     assert chain["records"][0]["status"] == "ok"
     assert len(chain["downstream"]) == 5
-    assert all(e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in chain["downstream"])
+    assert all(
+        e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in chain["downstream"]
+    )
 
     member = chain["downstream"][0]["output_uri"]
     back = _imageml("lineage", "--home", str(home), member, cwd=tmp_path)
