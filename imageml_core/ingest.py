@@ -39,6 +39,7 @@ from imageml_core.uris import InvalidS3Uri, S3Uri, parse_s3_uri
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "imageml.manifest/v1"
+CHECKPOINT_EXAMINED = "examined"
 IMAGE_KINDS = frozenset({"image", "archive_member"})
 
 
@@ -83,12 +84,14 @@ def member_uri(zip_uri: str, member: str) -> str:
     return f"{zip_uri}#{member}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _md5_sha256(path: Path) -> tuple[str, str]:
+    """MD5 (what S3 reports as the ETag of a single-part upload) and SHA-256, in one pass."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
 
 
 def _entry(
@@ -141,6 +144,20 @@ def ingest_batch(
             )
             continue
         infos.append(ObjectInfo(uri, m.etag, m.size))
+
+    # Partial retry: images and annotation files examined by an earlier attempt that died
+    # before publishing are not staged and decoded again (same URI and ETag only).
+    examined = (manifest.load_checkpoint(INGEST, batch_id, CHECKPOINT_EXAMINED) or {}).get(
+        "entries", {}
+    )
+    reused = [
+        examined[str(i.uri)] for i in infos if examined.get(str(i.uri), {}).get("etag") == i.etag
+    ]
+    if reused:
+        log_fn(f"{batch_id}: reusing {len(reused)} results from an earlier attempt's checkpoint")
+        entries.extend(reused)
+        reused_uris = {e["uri"] for e in reused}
+        infos = [i for i in infos if str(i.uri) not in reused_uris]
 
     log_fn(
         f"{batch_id}: staging {len(infos)} objects ({sum(i.size for i in infos) / 1e6:.1f} MB) to {staging.root}"
@@ -251,8 +268,7 @@ def ingest_batch(
                 continue
             target = config.bronze_uri.join("unzipped", rel_zip, member.name)
             check = verify_image(member.path, max_pixels=config.max_image_pixels)
-            sha = _sha256(member.path)
-            md5 = hashlib.md5(member.path.read_bytes(), usedforsecurity=False).hexdigest()
+            md5, sha = _md5_sha256(member.path)
             entry = _entry(
                 str(target) if check.ok else member_uri(zip_uri, member.name),
                 md5 if check.ok else obj.info.etag,
@@ -273,6 +289,12 @@ def ingest_batch(
         for result in pool.map(examine, staged):
             entries.extend(result)
 
+    manifest.save_checkpoint(
+        INGEST,
+        batch_id,
+        CHECKPOINT_EXAMINED,
+        {"entries": {e["uri"]: e for e in entries if e["kind"] in ("image", "annotation")}},
+    )
     entries.sort(key=lambda e: e["uri"])
     counts = {
         "images": sum(1 for e in entries if e["kind"] in IMAGE_KINDS and e["status"] == "ok"),
@@ -297,10 +319,7 @@ def ingest_batch(
     body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     # 1. Outputs first: extracted members, then the manifest JSON beside them.
-    written = 0
-    for path, target in uploads:
-        if store.put_bytes_if_changed(target, path.read_bytes(), content_type=_content_type(path)):
-            written += 1
+    written = store.upload_many_if_changed(uploads)
     if store.put_bytes_if_changed(manifest_uri, body, content_type="application/json"):
         written += 1
 
@@ -350,16 +369,3 @@ def ingested_images(manifest: ManifestStore, batch_id: str) -> list[ObjectVersio
         for r in manifest.processed_objects(INGEST, batch_id)
         if r["status"] == "ok" and r["details"].get("kind") in IMAGE_KINDS
     ]
-
-
-def _content_type(path: Path) -> str:
-    return {
-        ".jpg": "image/jpeg",
-        ".jpeg": "image/jpeg",
-        ".png": "image/png",
-        ".webp": "image/webp",
-        ".tif": "image/tiff",
-        ".tiff": "image/tiff",
-        ".bmp": "image/bmp",
-        ".gif": "image/gif",
-    }.get(path.suffix.lower(), "application/octet-stream")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import mimetypes
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -68,6 +69,10 @@ class TransferResult:
 
 def _strip_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
+
+
+def _guess_type(path: Path) -> str:
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
 def _hash_file(path: Path) -> tuple[str, str, int]:
@@ -216,6 +221,26 @@ class ObjectStore:
             return False
         self.put_bytes(uri, data, content_type=content_type)
         return True
+
+    def upload_many_if_changed(
+        self, items: Iterable[tuple[Path, S3Uri]], *, content_type: str | None = None
+    ) -> int:
+        """Upload local files in parallel, skipping targets that already hold the same bytes.
+
+        Returns how many were written. A rerun of finished work therefore writes nothing.
+        """
+        jobs = list(items)
+
+        def one(job: tuple[Path, S3Uri]) -> bool:
+            path, uri = job
+            md5, _, _ = _hash_file(path)
+            existing = self.head(uri)
+            if existing is not None and existing.etag == md5:
+                return False
+            self.upload_file(path, uri, content_type=content_type or _guess_type(path))
+            return True
+
+        return sum(self._parallel(one, jobs))
 
     # ------------------------------------------------------------------ files
     def download_file(

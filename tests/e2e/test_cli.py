@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def _imageml(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _imageml(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -22,7 +22,7 @@ def _imageml(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imageml_cli.main", *args],
         cwd=cwd,
-        env=env,
+        env={**env, **extra_env},
         capture_output=True,
         text=True,
         timeout=600,
@@ -75,3 +75,9 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
     bad_stage = _imageml("run", "--until", "bogus", "--home", str(tmp_path), cwd=tmp_path)
     assert bad_stage.returncode == 2
     assert "stages available: ingest" in bad_stage.stderr
+    bad_uri = _imageml("run", "--home", str(tmp_path), cwd=tmp_path, RAW_URI="ftp://bucket/raw")
+    assert bad_uri.returncode == 1
+    assert "Error: RAW_URI: 'ftp://bucket/raw': unsupported scheme 'ftp'" in bad_uri.stderr
+    assert "Traceback" not in bad_uri.stderr
+    overlap = _imageml("run", "--home", str(tmp_path), cwd=tmp_path, BRONZE_URI="s3://imageml/raw/out")
+    assert overlap.returncode == 1 and "overlaps RAW_URI" in overlap.stderr
