@@ -1,0 +1,263 @@
+"""Stage 2 inner loop: one source image -> every size variant (plain Python, no Dagster).
+
+Normalization = EXIF orientation applied, colour converted to 8-bit RGB, resized, encoded.
+Colour rule (general path): alpha is composited onto ``alpha_background`` (white by
+default); palette, grayscale and 1-bit images are expanded to RGB; CMYK is converted with
+Pillow's conversion (no ICC profile); 16-bit images keep their top 8 bits.
+
+Fast path (JPEG): the source is decoded once, at the largest libjpeg DCT reduction (1/2,
+1/4, 1/8) that still covers the largest variant, and variants are produced in a cascade
+from largest to smallest with INTER_AREA, each from the previous one's pixels when that
+still covers it. Everything else takes the general path (Pillow decode at full size).
+
+Geometry: ``x' = x * sx + dx`` maps source pixels (after EXIF rotation) to output pixels;
+boxes and polygons in annotations are rescaled with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from imageml_core.sizes import FIT_POLICIES, SizeVariant
+
+cv2.setNumThreads(1)  # one image per process; parallelism comes from the process pool
+
+_REDUCED = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class NormalizePolicy:
+    """Everything that affects output bytes. ``quality`` is JPEG quality 1-100."""
+
+    variants: tuple[SizeVariant, ...]
+    fit: str = "letterbox"
+    pad_rgb: tuple[int, int, int] = (0, 0, 0)
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+    quality: int = 90
+    fast_path: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fit not in FIT_POLICIES:
+            raise ValueError(
+                f"fixed-size policy must be one of {', '.join(FIT_POLICIES)}, got {self.fit!r}"
+            )
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be 1-100, got {self.quality}")
+
+    def variant_hash(self, variant: SizeVariant) -> str:
+        """``normalization_policy_hash`` of one variant: changes when anything that affects
+        that variant's bytes changes (settings, library versions)."""
+        doc = {
+            "variant": [variant.name, variant.kind, variant.width, variant.height],
+            "fit": self.fit if variant.kind == "fixed" else None,
+            "pad": list(self.pad_rgb)
+            if variant.kind == "fixed" and self.fit == "letterbox"
+            else None,
+            "alpha_background": list(self.alpha_background),
+            "quality": self.quality,
+            "format": "jpeg",
+            "fast_path": self.fast_path,
+            "opencv": cv2.__version__,
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VariantImage:
+    name: str
+    data: bytes  # encoded JPEG
+    width: int
+    height: int
+    geometry: tuple[float, float, float, float]  # sx, sy, dx, dy (source px -> output px)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    source_width: int  # after EXIF rotation
+    source_height: int
+    path: str  # "fast" or "general"
+    reduction: int
+    variants: tuple[VariantImage, ...]
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
+
+
+def _needed_scale(variant: SizeVariant, src_w: int, src_h: int, fit: str) -> float:
+    """The largest source->output scale factor this variant uses."""
+    sx, sy, _, _ = variant.scale_geometry(src_w, src_h, fit)
+    return max(sx, sy)
+
+
+def to_rgb8(img: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    """Pillow image (any supported mode) -> RGB uint8 array, by the module's colour rule."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        shift = 8 if img.mode != "I" else max(0, int(arr.max()).bit_length() - 8)
+        img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        img = Image.alpha_composite(canvas, rgba)
+    return np.asarray(img.convert("RGB"))
+
+
+def _decode(
+    path: Path, data: bytes, policy: NormalizePolicy
+) -> tuple[np.ndarray, int, int, str, int]:
+    """Pixels (BGR uint8, oriented), oriented source size, decode path, reduction factor."""
+    with Image.open(io.BytesIO(data)) as probe:
+        fmt = probe.format
+        src_w, src_h = _oriented_size(probe)
+        if (
+            policy.fast_path
+            and fmt in ("JPEG", "MPO")
+            and probe.mode in ("RGB", "L", "CMYK", "YCbCr")
+        ):
+            need = max(_needed_scale(v, src_w, src_h, policy.fit) for v in policy.variants)
+            reduction = 1
+            for r in (8, 4, 2):
+                # ceil: libjpeg rounds reduced sizes up
+                if -(-src_w // r) >= src_w * need and -(-src_h // r) >= src_h * need:
+                    reduction = r
+                    break
+            flag = _REDUCED.get(reduction, cv2.IMREAD_COLOR)
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+            if pixels is not None:
+                return pixels, src_w, src_h, "fast", reduction
+        # General path: Pillow decodes everything we accept at ingest.
+        img = ImageOps.exif_transpose(probe)
+        rgb = to_rgb8(img, policy.alpha_background)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), src_w, src_h, "general", 1
+
+
+def _fit(
+    content: np.ndarray, variant: SizeVariant, out_w: int, out_h: int, policy: NormalizePolicy
+) -> np.ndarray:
+    """Place resized content into the output canvas (fixed sizes: letterbox or crop)."""
+    ch, cw = content.shape[:2]
+    if variant.kind == "cap" or (cw == out_w and ch == out_h):
+        return content
+    if policy.fit == "letterbox":
+        canvas = np.empty((out_h, out_w, 3), np.uint8)
+        canvas[:] = policy.pad_rgb[::-1]
+        y0, x0 = (out_h - ch) // 2, (out_w - cw) // 2
+        canvas[y0 : y0 + ch, x0 : x0 + cw] = content
+        return canvas
+    y0, x0 = (ch - out_h) // 2, (cw - out_w) // 2
+    return content[y0 : y0 + out_h, x0 : x0 + out_w]
+
+
+def _interpolation(ratio_x: float, ratio_y: float) -> int:
+    """INTER_AREA for downscales of 2x or more (box filtering, fast at integer ratios);
+    bilinear for milder ones, where INTER_AREA's fractional path costs ~7x more for no
+    measurable PSNR gain (perf/bench_normalize.py); bicubic when enlarging."""
+    ratio = min(ratio_x, ratio_y)
+    if ratio < 1.0:
+        return cv2.INTER_CUBIC
+    return cv2.INTER_AREA if ratio >= 2.0 else cv2.INTER_LINEAR
+
+
+def normalize_image(path: Path, policy: NormalizePolicy) -> Normalized:
+    """Every variant of one source, encoded as JPEG."""
+    data = path.read_bytes()
+    pixels, src_w, src_h, decode_path, reduction = _decode(path, data, policy)
+    plans = []
+    for v in policy.variants:
+        out_w, out_h = v.target_size(src_w, src_h)
+        sx, sy, dx, dy = v.scale_geometry(src_w, src_h, policy.fit)
+        content_w, content_h = max(1, round(src_w * sx)), max(1, round(src_h * sy))
+        # Integer placement must match what _fit does, so annotations land on the pixels.
+        if v.kind == "fixed":
+            dx = (
+                float((out_w - content_w) // 2)
+                if policy.fit == "letterbox"
+                else -float((content_w - out_w) // 2)
+            )
+            dy = (
+                float((out_h - content_h) // 2)
+                if policy.fit == "letterbox"
+                else -float((content_h - out_h) // 2)
+            )
+        plans.append(
+            (v, out_w, out_h, content_w, content_h, (content_w / src_w, content_h / src_h, dx, dy))
+        )
+    results: dict[str, VariantImage] = {}
+    current = pixels
+    encode = [cv2.IMWRITE_JPEG_QUALITY, policy.quality]
+    for v, out_w, out_h, cw, ch, geometry in sorted(plans, key=lambda p: -(p[3] * p[4])):
+        h, w = current.shape[:2]
+        if w < cw or h < ch:
+            current = pixels  # the cascade cannot cover this one; go back to the decode
+        h, w = current.shape[:2]
+        interp = _interpolation(w / cw, h / ch)
+        content = (
+            current if (w, h) == (cw, ch) else cv2.resize(current, (cw, ch), interpolation=interp)
+        )
+        current = content
+        ok, buf = cv2.imencode(".jpg", _fit(content, v, out_w, out_h, policy), encode)
+        if not ok:
+            raise ValueError(f"JPEG encoding failed for {path} variant {v.name}")
+        results[v.name] = VariantImage(v.name, buf.tobytes(), out_w, out_h, geometry)
+    ordered = tuple(results[v.name] for v in policy.variants)
+    return Normalized(src_w, src_h, decode_path, reduction, ordered)
+
+
+def naive_normalize(path: Path, policy: NormalizePolicy) -> list[bytes]:
+    """The baseline perf/ compares against: full decode, independent INTER_AREA resizes."""
+    pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    h, w = pixels.shape[:2]
+    out = []
+    for v in policy.variants:
+        tw, th = v.target_size(w, h)
+        _, buf = cv2.imencode(
+            ".jpg",
+            cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA),
+            [cv2.IMWRITE_JPEG_QUALITY, policy.quality],
+        )
+        out.append(buf.tobytes())
+    return out
+
+
+def scale_region(
+    bbox: tuple[float, float, float, float],
+    geometry: tuple[float, float, float, float],
+    out_w: int,
+    out_h: int,
+) -> tuple[float, float, float, float] | None:
+    """A COCO box ``[x, y, w, h]`` (source px) in output pixels, clipped; None if it left the image."""
+    sx, sy, dx, dy = geometry
+    x0, y0 = bbox[0] * sx + dx, bbox[1] * sy + dy
+    x1, y1 = (bbox[0] + bbox[2]) * sx + dx, (bbox[1] + bbox[3]) * sy + dy
+    x0, y0, x1, y1 = max(0.0, x0), max(0.0, y0), min(float(out_w), x1), min(float(out_h), y1)
+    if x1 - x0 <= 0 or y1 - y0 <= 0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def scale_polygon(
+    polygon: tuple[float, ...], geometry: tuple[float, float, float, float], out_w: int, out_h: int
+) -> tuple[float, ...]:
+    sx, sy, dx, dy = geometry
+    pts = []
+    for x, y in zip(polygon[0::2], polygon[1::2], strict=True):
+        pts += [min(max(x * sx + dx, 0.0), float(out_w)), min(max(y * sy + dy, 0.0), float(out_h))]
+    return tuple(pts)

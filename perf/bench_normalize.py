@@ -1,0 +1,121 @@
+"""Stage 2 inner loop on 12-megapixel JPEGs (q90) vs the naive OpenCV baseline.
+
+Baseline: full decode, three independent INTER_AREA resizes, cv2.imencode (per DESIGN.md
+section 6). Ours: :func:`imageml_core.normalize.normalize_image` (DCT-scaled decode,
+cascade). Both single-threaded (cv2.setNumThreads(1)), interleaved per round, so the
+numbers are images/s per core; then ours again in a process pool over all cores. Quality:
+PSNR of each of our variants against a full-decode Lanczos reference of the same size.
+
+    uv run python perf/bench_normalize.py [--images 12] [--sizes 1080p,720p,800x600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from imageml_core.normalize import NormalizePolicy, naive_normalize, normalize_image
+from imageml_core.sizes import parse_sizes
+
+cv2.setNumThreads(1)
+
+
+def photo_like(seed: int, width: int = 4000, height: int = 3000) -> np.ndarray:
+    """A synthetic 'photo': smooth colour fields, soft shapes, mild sensor noise, so the
+    JPEG's entropy is close to a real camera image's (not white noise, not flat)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (height // 64, width // 64, 3), dtype=np.uint8)
+    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(40):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.circle(img, centre, int(rng.integers(20, 400)), colour, -1, lineType=cv2.LINE_AA)
+    texture = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+    img = np.clip(img.astype(np.float32) + texture, 0, 255).astype(np.uint8)
+    return cv2.GaussianBlur(img, (3, 3), 0)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _ours(args: tuple[str, NormalizePolicy]) -> int:
+    return len(normalize_image(Path(args[0]), args[1]).variants)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="1080p,720p,800x600")
+    parser.add_argument("--quality", type=int, default=90)
+    args = parser.parse_args()
+    policy = NormalizePolicy(tuple(parse_sizes(args.sizes)), quality=args.quality)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(args.images):
+            path = Path(tmp) / f"{i}.jpg"
+            cv2.imwrite(str(path), photo_like(i), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            paths.append(path)
+        mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+        naive_normalize(paths[0], policy)
+        normalize_image(paths[0], policy)
+        t_naive, t_ours = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for p in paths:
+                naive_normalize(p, policy)
+            t_naive.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for p in paths:
+                normalize_image(p, policy)
+            t_ours.append(time.perf_counter() - start)
+        n = len(paths)
+        naive_rate = n / statistics.median(t_naive)
+        ours_rate = n / statistics.median(t_ours)
+        cores = os.cpu_count() or 1
+        with ProcessPoolExecutor(cores) as pool:
+            list(pool.map(_ours, [(str(p), policy) for p in paths[:cores]]))  # start workers
+            start = time.perf_counter()
+            list(pool.map(_ours, [(str(p), policy) for p in paths]))
+            pool_rate = n / (time.perf_counter() - start)
+        # Quality: ours vs a full-decode Lanczos reference of the same output size.
+        worst = 99.0
+        for p in paths[:4]:
+            full = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            result = normalize_image(p, policy)
+            for v in result.variants:
+                ours = cv2.imdecode(np.frombuffer(v.data, np.uint8), cv2.IMREAD_COLOR)
+                sx, sy, dx, dy = v.geometry
+                cw, ch = round(full.shape[1] * sx), round(full.shape[0] * sy)
+                ref = cv2.resize(full, (cw, ch), interpolation=cv2.INTER_LANCZOS4)
+                x0, y0 = int(dx), int(dy)
+                region = ours[max(0, y0) : max(0, y0) + ch, max(0, x0) : max(0, x0) + cw]
+                ref = ref[
+                    max(0, -y0) : max(0, -y0) + region.shape[0],
+                    max(0, -x0) : max(0, -x0) + region.shape[1],
+                ]
+                worst = min(worst, psnr(region, ref))
+    print(
+        f"{n} images 4000x3000 q90 (mean {mb:.1f} MB), variants {args.sizes} at q{args.quality}, {args.rounds} rounds"
+    )
+    print(f"baseline (naive OpenCV):  {naive_rate:6.2f} images/s per core")
+    print(f"ours (inner loop):        {ours_rate:6.2f} images/s per core   (target >= 20)")
+    print(f"ratio ours/baseline:      {ours_rate / naive_rate:6.2f}x             (target >= 3.3)")
+    print(
+        f"ours, {cores} processes:      {pool_rate:6.2f} images/s ({pool_rate / ours_rate:.2f}x one core)"
+    )
+    print(f"worst PSNR vs full-decode Lanczos reference: {worst:.1f} dB (target >= 35)")
+
+
+if __name__ == "__main__":
+    main()
