@@ -4,18 +4,21 @@ import os
 
 import dagster as dg
 
-from imageml_assets.ingest import ingest_job, raw_images, raw_objects_sensor
+from imageml_assets.augment import augmented_images
+from imageml_assets.ingest import raw_images, raw_objects_sensor
+from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.mirror import build_mirror_sensor
+from imageml_assets.normalize import build_normalize_definitions
 from imageml_core.settings import Settings
+from imageml_core.sizes import parse_sizes
 from imageml_resources import (
+    AugmentationResource,
     DataLayoutResource,
     ManifestStoreResource,
+    NormalizationResource,
     NvmeStagingResource,
     ObjectStoreResource,
 )
-
-ASSETS = [raw_images]
-JOBS = [ingest_job]
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
@@ -28,6 +31,15 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "nvme": NvmeStagingResource(root=str(settings.nvme_root), min_free_gb=settings.nvme_min_gb),
         "manifest_store": ManifestStoreResource(url=settings.manifest_db_url),
         "layout": DataLayoutResource.from_settings(settings),
+        "augmentation": AugmentationResource(
+            pipeline=settings.augment_pipeline, copies=settings.augment_copies
+        ),
+        "normalization": NormalizationResource(
+            sizes=settings.normalize_sizes,
+            fit=settings.normalize_fit,
+            quality=settings.normalize_quality,
+            workers=settings.normalize_workers,
+        ),
     }
 
 
@@ -47,11 +59,19 @@ def _executor() -> dg.ExecutorDefinition | None:
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
-    asset_keys = [a.key for a in ASSETS]
+    variants = [v.name for v in parse_sizes(settings.normalize_sizes)]
+    normalized_variants, normalize_job, augmented_batches_sensor = build_normalize_definitions(
+        variants
+    )
+    assets = [raw_images, augmented_images, normalized_variants]
     return dg.Definitions(
-        assets=ASSETS,
-        jobs=JOBS,
-        sensors=[raw_objects_sensor, build_mirror_sensor(asset_keys)],
+        assets=assets,
+        jobs=[ingest_and_augment_job, normalize_job],
+        sensors=[
+            raw_objects_sensor,
+            augmented_batches_sensor,
+            build_mirror_sensor([a.key for a in assets]),
+        ],
         resources=build_resources(settings),
         executor=_executor(),
     )

@@ -73,17 +73,9 @@ def raw_images(
     )
 
 
-ingest_job = dg.define_asset_job(
-    "ingest_job",
-    selection=[raw_images],
-    partitions_def=ingest_batches,
-    description="Ingest one batch of raw objects (launched by raw_objects_sensor).",
-)
-
-
 @dg.sensor(
     name="raw_objects_sensor",
-    job=ingest_job,
+    job_name="ingest_and_augment_job",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(

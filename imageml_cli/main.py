@@ -10,11 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from imageml_cli.runner import RunSummary
 from imageml_core.archives import InvalidArchive
+from imageml_core.augment import PipelineConfigError
 from imageml_core.embedded_s3 import EmbeddedServiceError
 from imageml_core.ingest import UnknownBatch
 from imageml_core.settings import ConfigError, Settings
@@ -28,6 +31,7 @@ _USER_ERRORS = (
     EmbeddedServiceError,
     UnknownBatch,
     InvalidArchive,
+    PipelineConfigError,
 )
 
 
@@ -57,19 +61,21 @@ def cli(verbose: bool) -> None:
     os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
 
 
-def _print_summary(summary: object, echo=click.echo) -> None:  # type: ignore[no-untyped-def]
-    from imageml_cli.runner import RunSummary
-
-    assert isinstance(summary, RunSummary)
+def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo) -> None:
     for run in summary.runs:
-        status = "ok" if run.success else "FAILED"
-        counts = {k[6:]: v for k, v in run.metadata.items() if k.startswith("count_")}
-        line = f"  {run.stage:<9} {run.partition_key}  {status}  {counts}"
-        if "manifest_uri" in run.metadata:
-            line += f"\n            manifest: {run.metadata['manifest_uri']}"
-        if not run.success:
-            line += f"\n            error: {run.metadata.get('error', 'see the Dagster run log')}"
-        echo(line)
+        echo(f"  {run.stage:<15} {run.partition_key}  {'ok' if run.success else 'FAILED'}")
+        for asset, meta in sorted(run.metadata.items()):
+            if asset == "error":
+                echo(f"      error: {meta['message']}")
+                continue
+            shown = {
+                k: v
+                for k, v in meta.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            echo(f"      {asset}: {shown}")
+            if "manifest_uri" in meta:
+                echo(f"      manifest: {meta['manifest_uri']}")
     echo(f"  mirrored {summary.mirrored} Dagster materialization(s) into the manifest store")
     echo(f"  {len(summary.runs)} run(s) in {summary.seconds:.1f} s")
 
@@ -92,7 +98,7 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
     """Generate a labelled image set and run every stage on embedded services."""
     from imageml_cli.embedded import embedded_stack
     from imageml_cli.runner import STAGES, open_instance, run_pipeline
-    from imageml_core.manifest import INGEST
+    from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE
     from imageml_core.object_store import ObjectStore
     from imageml_core.synthetic import generate_dataset
     from imageml_resources.manifest_store import open_manifest_store
@@ -123,11 +129,13 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
         ]
         registered = [r for r in manifest.processed_objects(INGEST) if r["status"] == "ok"]
         click.echo(
-            f"\nSummary: {len(summary.runs)} ingest batch(es), {len(registered)} objects registered, {len(quarantined)} quarantined"
+            f"\nSummary: {len(manifest.manifests(INGEST))} ingest batch(es), {len(registered)} objects "
+            f"registered, {len(quarantined)} quarantined, {len(manifest.processed_objects(AUGMENT))} "
+            f"augmented images, {len(manifest.processed_objects(NORMALIZE))} normalized variants"
         )
         for r in quarantined:
             click.echo(f"  quarantined {r['object_uri']}: {r['reason']}")
-        click.echo(f"  rerun processed {len(again.runs)} batch(es)")
+        click.echo(f"  rerun launched {len(again.runs)} run(s)")
         click.echo(
             f"  lineage example: imageml lineage --home {work} {settings.raw_uri}/synthetic/shapes-archive.zip"
         )
@@ -138,18 +146,19 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
 
 
 @cli.command()
-@click.option("--until", default="ingest", show_default=True, help="Last stage to run.")
+@click.option("--until", default=None, help="Last stage to run [default: the last stage].")
 @click.option(
     "--home",
     type=click.Path(file_okay=False),
     help="Embedded Dagster home when DAGSTER_HOME is unset.",
 )
-def run(until: str, home: str | None) -> None:
+def run(until: str | None, home: str | None) -> None:
     """Process whatever is new now, through the sensors' own definitions (for cron, CI, debugging)."""
     import dagster as dg
 
     from imageml_cli.runner import STAGES, open_instance, run_pipeline
 
+    until = until or list(STAGES)[-1]
     if until not in STAGES:
         raise click.BadParameter(f"stages available: {', '.join(STAGES)}", param_hint="--until")
     settings = Settings.from_env(home=_home(home, ""))

@@ -1,9 +1,10 @@
 """One-shot processing through the same Dagster definitions the sensors use.
 
-``imageml run`` and ``imageml demo`` evaluate the sensors with an empty cursor (a full
-scan: the manifest store decides what is new), register the dynamic partitions they ask
-for, execute each run request in process on a real Dagster instance, then mirror the
-materializations into the manifest store.
+``imageml run`` and ``imageml demo`` evaluate the raw-objects sensor with an empty cursor
+(a full scan: the manifest store decides what is new), register the dynamic partitions it
+asks for, and execute each run request in process on a real Dagster instance, limited to
+the stages up to ``--until``. Batches an earlier run left at an earlier stage are picked up
+too. Finally the materializations are mirrored into the manifest store.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ import dagster as dg
 
 from imageml_assets.definitions import build_definitions, build_resources
 from imageml_assets.mirror import mirror_materializations
+from imageml_core.augment_stage import config_tag
+from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, ManifestStore
 from imageml_core.settings import Settings
 
-# Stages in pipeline order; `--until` accepts the ones that exist.
-STAGES: dict[str, dict[str, str]] = {
-    "ingest": {"sensor": "raw_objects_sensor", "job": "ingest_job"},
+# Stages in pipeline order and the assets each one materializes.
+STAGES: dict[str, list[str]] = {
+    "ingest": ["raw_images"],
+    "augment": ["augmented_images"],
+    "normalize": ["normalized_variants"],
 }
+STAGE1 = ("ingest", "augment")
+JOB = "ingest_and_augment_job"
+NORMALIZE_JOB = "normalize_job"
+SENSOR = "raw_objects_sensor"
 
 
 @dataclass
@@ -32,7 +41,7 @@ class StageRun:
     partition_key: str
     run_id: str
     success: bool
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # per asset
 
 
 @dataclass
@@ -55,68 +64,132 @@ def open_instance(home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
+def _stages_until(until: str) -> list[str]:
+    if until not in STAGES:
+        raise ValueError(f"--until {until!r}: stages available are {', '.join(STAGES)}")
+    names = list(STAGES)
+    return names[: names.index(until) + 1]
+
+
+def _behind(store: ManifestStore, stage: str, resources: dict[str, Any]) -> list[str]:
+    """Partitions ``stage`` has not published for its current configuration."""
+    ingested = [m["partition_key"] for m in store.manifests(INGEST)]
+    tag = config_tag(resources["augmentation"].get_pipeline())
+    augmented = [b for b in ingested if store.get_manifest(AUGMENT, f"{b}@{tag}") is not None]
+    if stage == "augment":
+        return [b for b in ingested if b not in augmented]
+    if stage == "normalize":
+        policy = resources["normalization"].get_policy()
+        return [
+            f"{b}|{v.name}"
+            for b in augmented
+            for v in policy.variants
+            if store.get_manifest(NORMALIZE, f"{b}|{v.name}@{policy.variant_hash(v)[:12]}") is None
+        ]
+    return []
+
+
 def run_pipeline(
     settings: Settings,
     instance: dg.DagsterInstance,
     *,
-    until: str = "ingest",
+    until: str = "normalize",
     echo: Callable[[str], None] = print,
     log_level: str = "INFO",
 ) -> RunSummary:
-    if until not in STAGES:
-        raise ValueError(f"--until {until!r}: stages available are {', '.join(STAGES)}")
+    stages = _stages_until(until)
     started = time.monotonic()
     defs = build_definitions(settings)
     resources = build_resources(settings)
+    store = resources["manifest_store"].get_store()
+    job = defs.resolve_job_def(JOB)
     summary = RunSummary()
-    for stage, names in STAGES.items():
-        sensor = defs.resolve_sensor_def(names["sensor"])
-        with dg.build_sensor_context(
-            instance=instance, cursor=None, resources=resources, definitions=defs
-        ) as ctx:
-            result = sensor(ctx)
-        requests: list[dg.RunRequest] = (
-            list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+    sensor = defs.resolve_sensor_def(SENSOR)
+    with dg.build_sensor_context(
+        instance=instance, cursor=None, resources=resources, definitions=defs
+    ) as ctx:
+        result = sensor(ctx)
+    assert isinstance(result, dg.SensorResult)
+    for dpr in result.dynamic_partitions_requests or []:
+        new = [
+            k
+            for k in dpr.partition_keys
+            if not instance.has_dynamic_partition(dpr.partitions_def_name, k)
+        ]
+        if new:
+            instance.add_dynamic_partitions(dpr.partitions_def_name, new)
+    stage1 = [s for s in stages if s in STAGE1]
+    work: list[tuple[Any, list[str], dict[str, str]]] = [
+        (str(r.partition_key), stage1, dict(r.tags)) for r in result.run_requests or []
+    ]
+    echo(f"[ingest] {len(work)} new batch(es)")
+    if "augment" in stages:
+        scheduled = {key for key, _, _ in work}
+        behind = [b for b in _behind(store, "augment", resources) if b not in scheduled]
+        if behind:
+            echo(f"[augment] {len(behind)} earlier batch(es) to catch up")
+        work += [(b, ["augment"], {"imageml/trigger": "catch-up"}) for b in behind]
+    _execute(job, work, instance, summary, echo, log_level)
+
+    if "normalize" in stages:
+        # After stage 1 ran: every published augment shard x every configured variant.
+        pending = _behind(store, "normalize", resources)
+        echo(f"[normalize] {len(pending)} (batch, variant) partition(s)")
+        for key in pending:
+            batch = key.split("|")[0]
+            if not instance.has_dynamic_partition("ingest_batches", batch):
+                instance.add_dynamic_partitions("ingest_batches", [batch])
+        normalize_work = [
+            (
+                dg.MultiPartitionKey({"batch": k.split("|")[0], "variant": k.split("|")[1]}),
+                ["normalize"],
+                {"imageml/trigger": "run"},
+            )
+            for k in pending
+        ]
+        _execute(
+            defs.resolve_job_def(NORMALIZE_JOB), normalize_work, instance, summary, echo, log_level
         )
-        for dpr in getattr(result, "dynamic_partitions_requests", None) or []:
-            new = [
-                k
-                for k in dpr.partition_keys
-                if not instance.has_dynamic_partition(dpr.partitions_def_name, k)
-            ]
-            if new:
-                instance.add_dynamic_partitions(dpr.partitions_def_name, new)
-        echo(f"[{stage}] {len(requests)} batch(es) to process")
-        job = defs.resolve_job_def(names["job"])
-        for i, request in enumerate(requests, start=1):
-            echo(f"[{stage}] {i}/{len(requests)} {request.partition_key} ...")
-            outcome = job.execute_in_process(
-                instance=instance,
-                partition_key=request.partition_key,
-                tags=dict(request.tags),
-                raise_on_error=False,
-                # Dagster's DEBUG engine events drown the progress lines the stage logs at INFO.
-                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            )
-            metadata: dict[str, Any] = {}
-            for event in outcome.get_asset_materialization_events():
-                mat = event.event_specific_data.materialization  # type: ignore[union-attr]
-                if mat is not None:
-                    metadata.update({k: v.value for k, v in mat.metadata.items()})
-            if not outcome.success:
-                for event in outcome.all_events:
-                    if event.is_step_failure and event.step_failure_data.error is not None:
-                        metadata["error"] = event.step_failure_data.error.message.strip()
-            summary.runs.append(
-                StageRun(
-                    stage, str(request.partition_key), outcome.run_id, outcome.success, metadata
-                )
-            )
-        if stage == until:
-            break
+
     asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
-    summary.mirrored = mirror_materializations(
-        instance, asset_keys, resources["manifest_store"].get_store()
-    )
+    summary.mirrored = mirror_materializations(instance, asset_keys, store)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _execute(
+    job: dg.JobDefinition,
+    work: list[tuple[Any, list[str], dict[str, str]]],
+    instance: dg.DagsterInstance,
+    summary: RunSummary,
+    echo: Callable[[str], None],
+    log_level: str,
+) -> None:
+    for n, (partition, run_stages, tags) in enumerate(work, start=1):
+        selection = [dg.AssetKey(a) for s in run_stages for a in STAGES[s]]
+        echo(f"[{'+'.join(run_stages)}] {n}/{len(work)} {partition} ...")
+        outcome = job.execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            tags=tags,
+            asset_selection=selection,
+            raise_on_error=False,
+            # Dagster's DEBUG engine events drown the progress lines the stages log at INFO.
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
+        metadata: dict[str, dict[str, Any]] = {}
+        for event in outcome.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization  # type: ignore[union-attr]
+            metadata[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+        if not outcome.success:
+            for event in outcome.all_events:
+                if event.is_step_failure and event.step_failure_data.error is not None:
+                    metadata.setdefault("error", {})["message"] = (
+                        event.step_failure_data.error.message.strip()
+                    )
+        summary.runs.append(
+            StageRun(
+                "+".join(run_stages), str(partition), outcome.run_id, outcome.success, metadata
+            )
+        )

@@ -61,6 +61,11 @@ class Settings:
     raw_full_scan_every_ticks: int
     s3_max_concurrency: int
     max_image_pixels: int
+    augment_pipeline: str
+    normalize_fit: str
+    normalize_quality: int
+    normalize_workers: int
+    augment_copies: int | None
 
     @classmethod
     def from_env(
@@ -120,13 +125,35 @@ class Settings:
             raw_full_scan_every_ticks=int(number("RAW_FULL_SCAN_EVERY_TICKS", "60", int, 0)),
             s3_max_concurrency=int(number("S3_MAX_CONCURRENCY", "16", int, 1)),
             max_image_pixels=int(number("MAX_IMAGE_PIXELS", "178956970", int, 1)),
+            augment_pipeline=get("AUGMENT_PIPELINE", "default") or "default",
+            normalize_fit=get("NORMALIZE_FIT", "letterbox") or "letterbox",
+            normalize_quality=int(number("NORMALIZE_QUALITY", "90", int, 1)),
+            normalize_workers=int(number("NORMALIZE_WORKERS", "0", int, 0)),
+            augment_copies=int(number("AUGMENT_COPIES", "1", int, 1))
+            if get("AUGMENT_COPIES")
+            else None,
             **uris,  # type: ignore[arg-type]
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        """Outputs must not lie under the raw prefix: the raw sensor would ingest them."""
+        """Sizes must parse; outputs must not lie under the raw prefix (the raw sensor
+        would ingest them again)."""
+        from imageml_core.sizes import FIT_POLICIES, InvalidSizeToken, parse_sizes
+
+        try:
+            parse_sizes(self.normalize_sizes)
+        except InvalidSizeToken as exc:
+            raise ConfigError(f"NORMALIZE_SIZES={self.normalize_sizes!r}: {exc}") from exc
+        if self.normalize_fit not in FIT_POLICIES:
+            raise ConfigError(
+                f"NORMALIZE_FIT={self.normalize_fit!r}: expected one of {', '.join(FIT_POLICIES)}"
+            )
+        if not 1 <= self.normalize_quality <= 100:
+            raise ConfigError(
+                f"NORMALIZE_QUALITY={self.normalize_quality}: JPEG quality must be 1-100"
+            )
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "raw_uri" or not isinstance(value, S3Uri) or f.name.startswith("stage_"):

@@ -88,7 +88,9 @@ def parse_size_token(token: str) -> SizeVariant:
 def parse_sizes(spec: str) -> list[SizeVariant]:
     """Parse a comma-separated list; duplicates (after normalising case) are an error."""
     if not spec or not spec.strip():
-        raise InvalidSizeToken("no sizes given: set NORMALIZE_SIZES or --sizes, e.g. 1080p,720p,800x600")
+        raise InvalidSizeToken(
+            "no sizes given: set NORMALIZE_SIZES or --sizes, e.g. 1080p,720p,800x600"
+        )
     variants = [parse_size_token(t) for t in spec.split(",")]
     seen: set[str] = set()
     for v in variants:

@@ -32,7 +32,9 @@ def main() -> None:
     data = []
     for _ in range(args.images):
         img, boxes = render_image(rng, 640, 480)
-        data.append((np.asarray(img), tuple(Region(b.label, (b.x, b.y, b.width, b.height)) for b in boxes)))
+        data.append(
+            (np.asarray(img), tuple(Region(b.label, (b.x, b.y, b.width, b.height)) for b in boxes))
+        )
     pipeline = load_pipeline(args.pipeline)
     compose = pipeline.compose
 

@@ -134,6 +134,10 @@ class ManifestStore(abc.ABC):
         self, step: Step, partition_key: str | None = None
     ) -> list[dict[str, Any]]: ...
 
+    @abc.abstractmethod
+    def processed_under(self, step: Step, uri_prefix: str) -> list[dict[str, Any]]:
+        """Ledger entries of ``step`` whose URI starts with ``uri_prefix`` (a folder)."""
+
     # planned batches
     @abc.abstractmethod
     def plan_batch(self, batch_id: str, members: Sequence[BatchMember], source: str) -> bool:
@@ -168,6 +172,9 @@ class ManifestStore(abc.ABC):
 
     @abc.abstractmethod
     def get_manifest(self, step: Step, partition_key: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
     def add_lineage(

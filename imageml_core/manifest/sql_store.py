@@ -231,6 +231,18 @@ class SqlManifestStore(ManifestStore):
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q.order_by(c.object_uri))]
 
+    def processed_under(self, step: Step, uri_prefix: str) -> list[dict[str, Any]]:
+        c = t.processed_objects.c
+        escaped = uri_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        q = (
+            sa.select(t.processed_objects)
+            .where(c.stage == step.stage, c.step == step.name)
+            .where(c.object_uri.like(escaped + "%", escape="\\"))
+            .order_by(c.object_uri)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
     # ------------------------------------------------------------------ batches
     def plan_batch(self, batch_id: str, members: Sequence[BatchMember], source: str) -> bool:
         now = _now()
@@ -386,9 +398,10 @@ class SqlManifestStore(ManifestStore):
             row = conn.execute(q).first()
         return dict(row._mapping) if row else None
 
-    def manifests(self, step: Step | None = None) -> list[dict[str, Any]]:
+    def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[dict[str, Any]]:
+        """Published manifests in publication order; ``after_id`` pages like a cursor."""
         c = t.manifests.c
-        q = sa.select(t.manifests).order_by(c.id)
+        q = sa.select(t.manifests).where(c.id > after_id).order_by(c.id)
         if step is not None:
             q = q.where(c.stage == step.stage, c.step == step.name)
         with self.engine.connect() as conn:

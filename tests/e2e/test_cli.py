@@ -38,8 +38,10 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     assert "ingest batch(es)" in out
     # 6 images + 5 in the ZIP registered; the two broken files quarantined with reasons.
     assert "1 ingest batch(es), 14 objects registered, 2 quarantined" in out
+    # 11 images x 2 augmented copies; (11 originals + 22 copies) x 3 variants.
+    assert "22 augmented images, 99 normalized variants" in out
     assert "not-an-image.jpg: not an image (unrecognised format)" in out
-    assert "rerun processed 0 batch(es)" in out
+    assert "rerun launched 0 run(s)" in out
     assert "services stopped" in out
     # SeaweedFS is gone: nothing listens with our data directory any more.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
@@ -79,5 +81,7 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert bad_uri.returncode == 1
     assert "Error: RAW_URI: 'ftp://bucket/raw': unsupported scheme 'ftp'" in bad_uri.stderr
     assert "Traceback" not in bad_uri.stderr
-    overlap = _imageml("run", "--home", str(tmp_path), cwd=tmp_path, BRONZE_URI="s3://imageml/raw/out")
+    overlap = _imageml(
+        "run", "--home", str(tmp_path), cwd=tmp_path, BRONZE_URI="s3://imageml/raw/out"
+    )
     assert overlap.returncode == 1 and "overlaps RAW_URI" in overlap.stderr

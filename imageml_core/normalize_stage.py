@@ -1,0 +1,433 @@
+"""Stage 2 for one (ingest batch, size variant) partition (plain Python; the asset calls it).
+
+Inputs are the batch's "augmented shard" as recorded by the augment step's manifest: the
+original images *and* their augmented copies, with their regions. Outputs, per variant:
+
+- ``<NORMALIZED_URI>/normalized/<variant>/<hash12>/<source bucket>/<source key>`` (JPEG; a
+  non-JPEG source keeps its name with ``.jpg`` appended); ``<hash12>`` is the start of the
+  variant's ``normalization_policy_hash``
+- ``.../normalized/<variant>/<hash12>/annotations/<batch>.coco.json`` and
+  ``.label_studio.json`` (regions rescaled to the variant)
+- ``.../normalized/<variant>/<hash12>/manifests/<batch>.json``: per output
+  ``source_uri, variant_name, output_uri, width, height, normalization_policy_hash, sha256``
+
+Every source is decoded once for all variants: the first variant partition of a batch to
+run computes every variant (process pool, uploads overlapped with compute) and leaves a
+checkpoint; the batch's other variant partitions then only publish their own manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imageml_core.manifest import (
+    AUGMENT,
+    NORMALIZE,
+    LineageEdge,
+    ManifestPublication,
+    ManifestStore,
+    ProcessedObject,
+)
+from imageml_core.normalize import NormalizePolicy, normalize_image, scale_polygon, scale_region
+from imageml_core.object_store import ObjectInfo, ObjectStore
+from imageml_core.staging import NvmeStaging
+from imageml_core.uris import S3Uri, parse_s3_uri
+
+MANIFEST_SCHEMA = "imageml.manifest/v1"
+
+
+class AugmentNotPublished(LookupError):
+    """Stage 2 needs the batch's augment manifest, and there is none yet."""
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    normalized_uri: S3Uri
+    dataset_name: str
+    augment_tag: str  # "<pipeline>-<hash8>" of the augmentation whose shard is normalized
+    workers: int = 0  # 0 = one process per core
+
+
+@dataclass
+class NormalizeResult:
+    partition: str
+    variant: str
+    manifest_uri: str
+    already_published: bool
+    outputs: int = 0
+    computed: bool = False
+    objects_written: int = 0
+    decode_paths: dict[str, int] | None = None
+    checks: dict[str, list[str]] | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "checks"}
+
+
+def variant_base(normalized_uri: S3Uri, variant: str, policy_hash: str) -> S3Uri:
+    """Everything of one variant under one policy: ``normalized/<variant>/<hash12>/``.
+
+    The policy hash in the path keeps outputs immutable: a changed setting writes beside
+    the old outputs (which their manifests still describe) instead of over them.
+    """
+    return normalized_uri.join("normalized", variant, policy_hash[:12])
+
+
+def output_uri_for(base: S3Uri, source: S3Uri) -> S3Uri:
+    key = source.key if source.key.lower().endswith((".jpg", ".jpeg")) else source.key + ".jpg"
+    return base.join(source.bucket, key)
+
+
+def _worker(args: tuple[str, str, NormalizePolicy, str]) -> dict[str, Any]:
+    """Process-pool task: normalize one staged file, write variants under ``out_root``."""
+    src_path, rel, policy, out_root = args
+    result = normalize_image(Path(src_path), policy)
+    out: dict[str, Any] = {
+        "source_width": result.source_width,
+        "source_height": result.source_height,
+        "path": result.path,
+        "variants": {},
+    }
+    for v in result.variants:
+        target = Path(out_root) / v.name / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(v.data)
+        out["variants"][v.name] = {
+            "local": str(target),
+            "width": v.width,
+            "height": v.height,
+            "geometry": list(v.geometry),
+            "md5": hashlib.md5(v.data, usedforsecurity=False).hexdigest(),
+            "sha256": hashlib.sha256(v.data).hexdigest(),
+        }
+    return out
+
+
+def _shard(
+    store: ObjectStore, manifest: ManifestStore, batch_id: str, tag: str
+) -> list[dict[str, Any]]:
+    published = manifest.get_manifest(AUGMENT, f"{batch_id}@{tag}")
+    if published is None:
+        raise AugmentNotPublished(
+            f"batch {batch_id} has no augment manifest for pipeline {tag}; materialize augmented_images first"
+        )
+    doc = json.loads(store.get_bytes(parse_s3_uri(published["manifest_uri"])))
+    items = [
+        {
+            "uri": s["uri"],
+            "etag": s.get("etag", ""),
+            "sha256": s["sha256"],
+            "regions": s["regions"],
+            "kind": "original",
+        }
+        for s in doc["sources"]
+    ]
+    items += [
+        {
+            "uri": o["uri"],
+            "etag": o["etag"],
+            "sha256": o["sha256"],
+            "regions": o["regions"],
+            "kind": "augmented",
+        }
+        for o in doc["outputs"]
+    ]
+    return sorted(items, key=lambda i: i["uri"])
+
+
+def _compute_all(
+    items: list[dict[str, Any]],
+    *,
+    batch_id: str,
+    store: ObjectStore,
+    staging: NvmeStaging,
+    policy: NormalizePolicy,
+    config: NormalizeConfig,
+    log_fn: Callable[[str], None],
+) -> tuple[dict[str, list[dict[str, Any]]], int, dict[str, int]]:
+    job = f"normalize-{batch_id}"
+    infos = [ObjectInfo(parse_s3_uri(i["uri"]), i["etag"], 0) for i in items]
+    staged = {str(s.info.uri): s for s in staging.stage_in(store, infos, job)}
+    out_root = staging.area("output", job)
+    workers = config.workers or os.cpu_count() or 1
+    per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in policy.variants}
+    paths: dict[str, int] = {}
+    written = 0
+    uploads: list[Future[int]] = []
+    log_fn(
+        f"{batch_id}: normalizing {len(items)} images into {len(policy.variants)} variants on {workers} processes"
+    )
+    with (
+        ProcessPoolExecutor(workers) as pool,
+        ThreadPoolExecutor(store.max_concurrency) as uploader,
+    ):
+        pending = {}
+        for item in items:
+            source = parse_s3_uri(item["uri"])
+            rel = f"{source.bucket}/{source.key}"
+            fut = pool.submit(_worker, (str(staged[item["uri"]].path), rel, policy, str(out_root)))
+            pending[fut] = item
+        done_count = 0
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                item = pending.pop(fut)
+                result = fut.result()
+                paths[result["path"]] = paths.get(result["path"], 0) + 1
+                source = parse_s3_uri(item["uri"])
+                for v in policy.variants:
+                    info = result["variants"][v.name]
+                    target = output_uri_for(
+                        variant_base(config.normalized_uri, v.name, policy.variant_hash(v)), source
+                    )
+                    # Upload while the pool keeps decoding: transfer overlaps compute.
+                    uploads.append(
+                        uploader.submit(
+                            store.upload_many_if_changed, [(Path(info["local"]), target)]
+                        )
+                    )
+                    regions = []
+                    for r in item["regions"]:
+                        box = scale_region(
+                            tuple(r["bbox"]), tuple(info["geometry"]), info["width"], info["height"]
+                        )
+                        if box is None:
+                            continue
+                        region: dict[str, Any] = {
+                            "label": r["label"],
+                            "bbox": [round(x, 3) for x in box],
+                        }
+                        if r.get("polygon"):
+                            region["polygon"] = [
+                                round(x, 3)
+                                for x in scale_polygon(
+                                    tuple(r["polygon"]),
+                                    tuple(info["geometry"]),
+                                    info["width"],
+                                    info["height"],
+                                )
+                            ]
+                        regions.append(region)
+                    per_variant[v.name].append(
+                        {
+                            "source_uri": item["uri"],
+                            "source_kind": item["kind"],
+                            "variant_name": v.name,
+                            "output_uri": str(target),
+                            "source_width": result["source_width"],
+                            "source_height": result["source_height"],
+                            "width": info["width"],
+                            "height": info["height"],
+                            "normalization_policy_hash": policy.variant_hash(v),
+                            "sha256": info["sha256"],
+                            "etag": info["md5"],
+                            "geometry": [round(g, 6) for g in info["geometry"]],
+                            "regions": regions,
+                        }
+                    )
+                done_count += 1
+                if done_count % 25 == 0 or done_count == len(items):
+                    log_fn(f"{batch_id}: normalized {done_count}/{len(items)}")
+        written = sum(f.result() for f in uploads)
+    staging.cleanup(job)
+    for entries in per_variant.values():
+        entries.sort(key=lambda e: e["output_uri"])
+    return per_variant, written, paths
+
+
+def coco_for_variant(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    labels = sorted({r["label"] for e in entries for r in e["regions"]})
+    cat_id = {n: i for i, n in enumerate(labels, start=1)}
+    doc: dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
+    }
+    ann_id = 1
+    for image_id, e in enumerate(entries, start=1):
+        doc["images"].append(
+            {
+                "id": image_id,
+                "file_name": e["output_uri"],
+                "width": e["width"],
+                "height": e["height"],
+            }
+        )
+        for r in e["regions"]:
+            x, y, w, h = r["bbox"]
+            ann = {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": cat_id[r["label"]],
+                "bbox": [x, y, w, h],
+                "area": round(w * h, 3),
+                "iscrowd": 0,
+            }
+            if r.get("polygon"):
+                ann["segmentation"] = [r["polygon"]]
+            doc["annotations"].append(ann)
+            ann_id += 1
+    return doc
+
+
+def normalize_partition(
+    batch_id: str,
+    variant: str,
+    *,
+    store: ObjectStore,
+    staging: NvmeStaging,
+    manifest: ManifestStore,
+    policy: NormalizePolicy,
+    config: NormalizeConfig,
+    run_id: str | None = None,
+    log_fn: Callable[[str], None] = print,
+) -> NormalizeResult:
+    from imageml_core.annotations import coco_to_ls
+
+    names = [v.name for v in policy.variants]
+    if variant not in names:
+        raise ValueError(f"variant {variant!r} is not in NORMALIZE_SIZES ({', '.join(names)})")
+    hashes = {v.name: policy.variant_hash(v) for v in policy.variants}
+    partition = f"{batch_id}|{variant}@{hashes[variant][:12]}"
+    base = variant_base(config.normalized_uri, variant, hashes[variant])
+    manifest_uri = base.join("manifests", f"{batch_id}.json")
+    if (published := manifest.get_manifest(NORMALIZE, partition)) is not None:
+        log_fn(f"{partition}: already published; nothing to do")
+        return NormalizeResult(
+            partition,
+            variant,
+            str(published["manifest_uri"]),
+            True,
+            published["details"]["outputs"],
+        )
+
+    checkpoint_name = f"variants@{config.augment_tag}"
+    checkpoint = manifest.load_checkpoint(NORMALIZE, batch_id, checkpoint_name) or {}
+    entries = (
+        checkpoint.get("variants", {}).get(variant)
+        if checkpoint.get("hashes", {}).get(variant) == hashes[variant]
+        else None
+    )
+    computed, written, paths, items = False, 0, None, []
+    if entries is None:
+        items = _shard(store, manifest, batch_id, config.augment_tag)
+        per_variant, written, paths = _compute_all(
+            items,
+            batch_id=batch_id,
+            store=store,
+            staging=staging,
+            policy=policy,
+            config=config,
+            log_fn=log_fn,
+        )
+        manifest.save_checkpoint(
+            NORMALIZE, batch_id, checkpoint_name, {"hashes": hashes, "variants": per_variant}
+        )
+        entries, computed = per_variant[variant], True
+
+    spec = next(v for v in policy.variants if v.name == variant)
+    expected_sources = checkpoint.get("sources") if not computed else [i["uri"] for i in items]
+    wrong_size = [
+        e["output_uri"]
+        for e in entries
+        if (e["width"], e["height"]) != spec.target_size(e["source_width"], e["source_height"])
+    ]
+    checks = {
+        "missing_sources": sorted(set(expected_sources or []) - {e["source_uri"] for e in entries})[
+            :50
+        ],
+        "wrong_dimensions": wrong_size[:50],
+    }
+    coco = coco_for_variant(entries)
+    ls_tasks, ls_report = coco_to_ls(coco, image_ref=lambda name: name)
+    doc = {
+        "schema": MANIFEST_SCHEMA,
+        "stage": NORMALIZE.stage,
+        "step": NORMALIZE.name,
+        "partition_key": partition,
+        "batch_id": batch_id,
+        "variant_name": variant,
+        "augment_tag": config.augment_tag,
+        "normalization_policy_hash": hashes[variant],
+        "policy": {
+            "fit": policy.fit,
+            "quality": policy.quality,
+            "format": "jpeg",
+            "alpha_background": list(policy.alpha_background),
+        },
+        "annotations": {
+            "coco_uri": str(base.join("annotations", f"{batch_id}.coco.json")),
+            "label_studio_uri": str(base.join("annotations", f"{batch_id}.label_studio.json")),
+            "converter_version": ls_report.converter_version,
+            "conversion_parameters": ls_report.conversion_parameters,
+        },
+        "checks": checks,
+        "outputs": [{k: v for k, v in e.items() if k not in ("regions", "etag")} for e in entries],
+    }
+    body = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    written += store.put_bytes_if_changed(
+        base.join("annotations", f"{batch_id}.coco.json"),
+        _json(coco),
+        content_type="application/json",
+    )
+    written += store.put_bytes_if_changed(
+        base.join("annotations", f"{batch_id}.label_studio.json"),
+        _json(ls_tasks),
+        content_type="application/json",
+    )
+    written += store.put_bytes_if_changed(manifest_uri, body, content_type="application/json")
+    manifest.publish(
+        ManifestPublication(
+            step=NORMALIZE,
+            partition_key=partition,
+            dataset_name=config.dataset_name,
+            manifest_uri=str(manifest_uri),
+            content_sha256=hashlib.sha256(body).hexdigest(),
+            details={
+                "outputs": len(entries),
+                "variant": variant,
+                "normalization_policy_hash": hashes[variant],
+            },
+            objects=[
+                ProcessedObject(
+                    uri=e["output_uri"],
+                    etag=e["etag"],
+                    content_sha256=e["sha256"],
+                    details={
+                        "kind": "normalized",
+                        "source_uri": e["source_uri"],
+                        "variant_name": variant,
+                        "width": e["width"],
+                        "height": e["height"],
+                        "normalization_policy_hash": e["normalization_policy_hash"],
+                    },
+                )
+                for e in entries
+            ],
+            edges=[LineageEdge(e["source_uri"], e["output_uri"], NORMALIZE) for e in entries],
+            run_id=run_id,
+        )
+    )
+    log_fn(
+        f"{partition}: {len(entries)} outputs ({'computed' if computed else 'from the batch checkpoint'})"
+    )
+    return NormalizeResult(
+        partition, variant, str(manifest_uri), False, len(entries), computed, written, paths
+    )
+
+
+def _json(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()

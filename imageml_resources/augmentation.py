@@ -1,0 +1,21 @@
+"""Dagster resource for the augmentation pipeline registry (by name or YAML path)."""
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from imageml_core.augment import AugmentPipeline, load_pipeline
+
+
+class AugmentationResource(dg.ConfigurableResource):
+    """``pipeline`` is ``AUGMENT_PIPELINE`` (a built-in name or a YAML path); ``copies`` is
+    ``AUGMENT_COPIES`` and overrides the pipeline file's count when set."""
+
+    pipeline: str = "default"
+    copies: int | None = None
+
+    _loaded: AugmentPipeline | None = PrivateAttr(default=None)
+
+    def get_pipeline(self) -> AugmentPipeline:
+        if self._loaded is None:
+            self._loaded = load_pipeline(self.pipeline, copies=self.copies)
+        return self._loaded
