@@ -6,7 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$(pwd)"
 
 # The checkout is bind-mounted and may be owned by another uid than the container's root.
-git config --global --add safe.directory "$repo"
+git config --global --get-all safe.directory | grep -qxF "$repo" ||
+  git config --global --add safe.directory "$repo"
 
 if ! command -v uv >/dev/null 2>&1; then
   echo "installing uv ..."

@@ -5,6 +5,7 @@ import os
 import dagster as dg
 
 from imageml_assets.augment import augmented_images
+from imageml_assets.events import raw_events_sensor
 from imageml_assets.ingest import raw_images, raw_objects_sensor
 from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.mirror import build_mirror_sensor
@@ -14,6 +15,7 @@ from imageml_core.sizes import parse_sizes
 from imageml_resources import (
     AugmentationResource,
     DataLayoutResource,
+    EventQueueResource,
     ManifestStoreResource,
     NormalizationResource,
     NvmeStagingResource,
@@ -33,6 +35,11 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "layout": DataLayoutResource.from_settings(settings),
         "augmentation": AugmentationResource(
             pipeline=settings.augment_pipeline, copies=settings.augment_copies
+        ),
+        "event_queue": EventQueueResource(
+            queue_url=settings.raw_events_queue_url,
+            endpoint_url=settings.sqs_endpoint_url,
+            region=settings.aws_region,
         ),
         "normalization": NormalizationResource(
             sizes=settings.normalize_sizes,
@@ -69,6 +76,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         jobs=[ingest_and_augment_job, normalize_job],
         sensors=[
             raw_objects_sensor,
+            raw_events_sensor,
             augmented_batches_sensor,
             build_mirror_sensor([a.key for a in assets]),
         ],

@@ -148,11 +148,14 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
 @cli.command()
 @click.option("--until", default=None, help="Last stage to run [default: the last stage].")
 @click.option(
+    "--sizes", default=None, help="Size variants for stage 2 (overrides NORMALIZE_SIZES)."
+)
+@click.option(
     "--home",
     type=click.Path(file_okay=False),
     help="Embedded Dagster home when DAGSTER_HOME is unset.",
 )
-def run(until: str | None, home: str | None) -> None:
+def run(until: str | None, sizes: str | None, home: str | None) -> None:
     """Process whatever is new now, through the sensors' own definitions (for cron, CI, debugging)."""
     import dagster as dg
 
@@ -162,6 +165,11 @@ def run(until: str | None, home: str | None) -> None:
     if until not in STAGES:
         raise click.BadParameter(f"stages available: {', '.join(STAGES)}", param_hint="--until")
     settings = Settings.from_env(home=_home(home, ""))
+    if sizes:
+        try:
+            settings = settings.with_overrides(normalize_sizes=sizes)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--sizes") from None
     instance = (
         dg.DagsterInstance.get()
         if os.environ.get("DAGSTER_HOME")

@@ -104,6 +104,7 @@ class EmbeddedS3:
             f"-filer.port={ports['filer']}",
             f"-admin.port={ports['admin']}",
             f"-s3.port.iceberg={ports['s3.port.iceberg']}",
+            "-s3.port.lance=0",  # unused, and its fixed default port collides between instances
             "-admin.ui=false",
             "-webdav=false",
         ]

@@ -281,7 +281,8 @@ def plan_events(
     versions = [ObjectVersion(str(e.uri), e.etag) for e in chosen]
     processed = manifest.processed_among(INGEST, versions)
     planned = manifest.planned_among(versions)
-    fresh = [e for e, v in zip(chosen, versions, strict=True) if v not in processed | planned]
+    known = processed | planned
+    fresh = [e for e, v in zip(chosen, versions, strict=True) if v not in known]
     plan.new_objects = len(fresh)
     plan.already_known = len(chosen) - len(fresh)
 
@@ -488,6 +489,7 @@ class ConsumeResult:
     unrecognized: list[tuple[str, str]] = field(default_factory=list)  # (message id, reason)
     deleted: int = 0
     delete_failures: list[DeleteFailure] = field(default_factory=list)
+    received: list[ReceivedMessage] = field(default_factory=list)  # for a deferred delete
 
     @property
     def batches(self) -> int:
@@ -507,6 +509,7 @@ def consume_once(
     wait_seconds: int = 0,
     visibility_timeout: int = 300,
     plan_source: str = "event",
+    delete: bool = True,
 ) -> ConsumeResult:
     """One poll: receive, parse, plan, ``on_batches(new + resent)``, then delete.
 
@@ -517,10 +520,16 @@ def consume_once(
     pass and reported in ``unrecognized`` (poison-message rule, see the module docstring).
     ``visibility_timeout`` must cover the whole pass, or another consumer may see the
     messages meanwhile (harmless, only wasted work).
+
+    With ``delete=False`` nothing is deleted here: ``result.received`` holds the messages
+    for the caller to delete once what ``on_batches`` produced is durable (the Dagster
+    sensor deletes them on its next tick, after its run requests were committed).
     """
     messages = source.receive(max_messages, wait_seconds, visibility_timeout)
     result = ConsumeResult(
-        messages=len(messages), redelivered=sum(m.receive_count > 1 for m in messages)
+        messages=len(messages),
+        redelivered=sum(m.receive_count > 1 for m in messages),
+        received=list(messages),
     )
     if not messages:
         return result
@@ -555,6 +564,8 @@ def consume_once(
     if plan.batches or plan.resent:
         on_batches(plan.batches + plan.resent)
 
+    if not delete:
+        return result
     report = source.delete(messages)
     result.deleted = report.deleted
     result.delete_failures = report.failed

@@ -14,8 +14,8 @@ import base64
 import hashlib
 import logging
 import mimetypes
-import os
 import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -250,7 +250,7 @@ class ObjectStore:
 
         def attempt() -> TransferResult:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
             try:
                 resp = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
             except ClientError as exc:

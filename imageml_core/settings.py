@@ -62,6 +62,8 @@ class Settings:
     s3_max_concurrency: int
     max_image_pixels: int
     augment_pipeline: str
+    raw_events_queue_url: str | None
+    sqs_endpoint_url: str | None
     normalize_fit: str
     normalize_quality: int
     normalize_workers: int
@@ -126,6 +128,8 @@ class Settings:
             s3_max_concurrency=int(number("S3_MAX_CONCURRENCY", "16", int, 1)),
             max_image_pixels=int(number("MAX_IMAGE_PIXELS", "178956970", int, 1)),
             augment_pipeline=get("AUGMENT_PIPELINE", "default") or "default",
+            raw_events_queue_url=get("RAW_EVENTS_QUEUE_URL"),
+            sqs_endpoint_url=get("SQS_ENDPOINT_URL"),
             normalize_fit=get("NORMALIZE_FIT", "letterbox") or "letterbox",
             normalize_quality=int(number("NORMALIZE_QUALITY", "90", int, 1)),
             normalize_workers=int(number("NORMALIZE_WORKERS", "0", int, 0)),

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -87,7 +88,7 @@ class NvmeStaging:
     def area(self, area: str, job: str) -> Path:
         if area not in AREAS[:3]:
             raise ValueError(f"staging area must be one of input, work, output; got {area!r}")
-        if not _SAFE_JOB.match(job):
+        if not _SAFE_JOB.fullmatch(job):
             raise UnsafeKey(f"job name {job!r} is not a safe directory name")
         path = self.root / area / job
         path.mkdir(parents=True, exist_ok=True)
@@ -144,11 +145,14 @@ class NvmeStaging:
         blob = self._cache_blob(result.sha256)
         blob.parent.mkdir(parents=True, exist_ok=True)
         if not blob.exists():
-            tmp = blob.with_name(f".{blob.name}.{os.getpid()}.tmp")
+            tmp = blob.with_name(f".{blob.name}.{_unique()}.tmp")
             _link_or_copy(result.path, tmp)
+            # Staged inputs are hard links to the cache: read-only, so a stage that edits
+            # an input in place fails loudly instead of corrupting the cache for later jobs.
+            tmp.chmod(0o444)
             tmp.replace(blob)
         index = self._etag_index(ObjectInfo(result.uri, result.etag, result.size))
-        tmp_index = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+        tmp_index = index.with_name(f".{index.name}.{_unique()}.tmp")
         tmp_index.write_text(json.dumps({"sha256": result.sha256, "uri": str(result.uri)}))
         tmp_index.replace(index)
 
@@ -230,6 +234,11 @@ class NvmeStaging:
         """Remove a job's input/work/output directories (the cache stays)."""
         for area in AREAS[:3]:
             shutil.rmtree(self.root / area / job, ignore_errors=True)
+
+
+def _unique() -> str:
+    """A temp-file suffix unique across threads, processes and containers sharing a node."""
+    return uuid.uuid4().hex
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

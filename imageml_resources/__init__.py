@@ -1,6 +1,7 @@
 """Dagster resources: one per external system, each wrapping a plain client from imageml_core."""
 
 from imageml_resources.augmentation import AugmentationResource
+from imageml_resources.event_queue import EventQueueResource
 from imageml_resources.layout import DataLayoutResource
 from imageml_resources.manifest_store import ManifestStoreResource
 from imageml_resources.normalization import NormalizationResource
@@ -10,6 +11,7 @@ from imageml_resources.staging import NvmeStagingResource
 __all__ = [
     "AugmentationResource",
     "DataLayoutResource",
+    "EventQueueResource",
     "ManifestStoreResource",
     "NormalizationResource",
     "NvmeStagingResource",

@@ -40,8 +40,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from label_studio_sdk.converter.imports.coco import convert_coco_to_ls
-
 from imageml_core.annotations.common import ConversionReport, is_crowd, sdk_offline
 from imageml_core.annotations.config import RegionKind, label_config_for, polygon_control_name
 
@@ -124,10 +122,12 @@ def coco_to_ls(
     report.conversion_parameters = {
         "direction": "coco->label_studio",
         "sdk_call": f"convert_coco_to_ls(out_type={out_type!r})",
-        "region_rule": "one region per annotation: single polygon -> polygonlabels, else bbox -> "
-        "rectanglelabels"
-        if kind == "auto"
-        else "every annotation -> rectanglelabels",
+        "region_rule": (
+            "one region per annotation: exactly one polygon -> polygonlabels, else bbox -> "
+            "rectanglelabels; crowd/RLE not converted"
+            if kind == "auto"
+            else "one rectanglelabels region per annotation (from bbox); crowd/RLE not converted"
+        ),
         "kind": kind,
         "to_name": to_name,
         "from_name": from_name,
@@ -135,8 +135,8 @@ def coco_to_ls(
         "model_version": (model_version or "unknown") if as_predictions else None,
         "region_ids": "coco-<annotation id>",
     }
-    raw_cats = [c for c in coco_doc.get("categories") or [] if isinstance(c, Mapping)]
-    raw_images = [i for i in coco_doc.get("images") or [] if isinstance(i, Mapping)]
+    raw_cats = list(coco_doc.get("categories") or [])
+    raw_images = list(coco_doc.get("images") or [])
     raw_anns = list(coco_doc.get("annotations") or [])
     report.received = {
         "images": len(raw_images),
@@ -146,6 +146,9 @@ def coco_to_ls(
 
     categories: dict[Any, tuple[int, str]] = {}
     for cat in raw_cats:
+        if not isinstance(cat, Mapping):
+            report.skip("category", "not an object", category_id=None)
+            continue
         cid = _key(cat.get("id"))
         if cid in categories or "name" not in cat:
             report.skip("category", "duplicate id or no name", category_id=cat.get("id"))
@@ -154,6 +157,9 @@ def coco_to_ls(
 
     images: dict[Any, dict[str, Any]] = {}
     for img in raw_images:
+        if not isinstance(img, Mapping):
+            report.skip("image", "not an object", image_id=None)
+            continue
         iid, size = _key(img.get("id")), _numbers([img.get("width"), img.get("height")], 2)
         if iid in images:
             report.skip("image", "duplicate image id", image_id=img.get("id"))
@@ -302,6 +308,8 @@ def _run_sdk(
 ) -> list[dict[str, Any]]:
     if not images:
         return []
+    from label_studio_sdk.converter.imports.coco import convert_coco_to_ls  # slow import
+
     doc = {
         "categories": [{"id": cid, "name": name} for cid, name in categories.values()],
         "images": [

@@ -6,8 +6,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
-from label_studio_sdk.label_interface import LabelInterface
-
 RegionKind = Literal["rectangle", "polygon", "rectangle+polygon"]
 
 
@@ -81,6 +79,8 @@ def validate_tasks(tasks: Sequence[Mapping[str, Any]], label_config: str) -> lis
     checks ``validate_annotation`` applies, but with messages; annotations are also passed
     through ``validate_annotation``). An empty list means valid.
     """
+    from label_studio_sdk.label_interface import LabelInterface
+
     try:
         li = LabelInterface(label_config)
     except Exception as exc:  # the SDK raises several types for a bad config

@@ -43,16 +43,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from label_studio_sdk.converter import Converter
-from label_studio_sdk.converter.utils import parse_config
-
 from imageml_core.annotations.common import ConversionReport, converter_version, sdk_offline
+from imageml_core.annotations.ls_regions import (
+    REGION_KEYS,
+    fold_rectangles,
+    region_label,
+    region_problem,
+    size_from,
+)
 
 CHOICE_RULE = (
     "one annotation per task: never a cancelled one (was_cancelled or skipped); "
     "ground_truth first, then the latest updated_at (else created_at), then the highest id"
 )
-_REGION_KEYS = ("rectanglelabels", "polygonlabels")
 _SENTINEL = "imageml-task-{:08d}.none"
 
 
@@ -94,58 +97,17 @@ def _choose(task: Mapping[str, Any], use_predictions: bool) -> tuple[str, dict |
     return "annotation", None, "no annotations"
 
 
-def _size_from(value: Any) -> tuple[int, int] | None:
-    try:
-        w, h = (int(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (w, h) if w > 0 and h > 0 else None
-
-
 def _known_size(
     ref: str, task: Mapping[str, Any], image_sizes: Mapping | None
 ) -> tuple[int, int] | None:
     if image_sizes:
         for key in (ref, posixpath.basename(ref.split("?", 1)[0])):
-            if key in image_sizes and (size := _size_from(image_sizes[key])):
+            if key in image_sizes and (size := size_from(image_sizes[key])):
                 return size
     meta = task.get("meta")
     if isinstance(meta, Mapping):
-        return _size_from((meta.get("width"), meta.get("height")))
+        return size_from((meta.get("width"), meta.get("height")))
     return None
-
-
-def _pixel_box(result: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
-    v, w, h = result["value"], result["original_width"], result["original_height"]
-    if "points" in v:
-        xs = [p[0] * w / 100 for p in v["points"]]
-        ys = [p[1] * h / 100 for p in v["points"]]
-        return min(xs), min(ys), max(xs), max(ys)
-    if v.get("rotation"):
-        return None
-    x, y = v["x"] * w / 100, v["y"] * h / 100
-    return x, y, x + v["width"] * w / 100, y + v["height"] * h / 100
-
-
-def _label(result: Mapping[str, Any]) -> str:
-    value = result["value"]
-    return str(value["rectanglelabels" if "rectanglelabels" in value else "polygonlabels"][0])
-
-
-def _region_problem(result: Any, schema: Mapping[str, Any]) -> str:
-    if not isinstance(result, Mapping) or not isinstance(result.get("value"), Mapping):
-        return "not a region"
-    from_name, value, kind = result.get("from_name"), result["value"], result.get("type")
-    if from_name not in schema:
-        return f"from_name {from_name!r} is not a control of the label config"
-    key = next((k for k in _REGION_KEYS if value.get(k)), None)
-    if key is None:
-        return f"type {kind!r} is not converted (only rectanglelabels and polygonlabels)"
-    if key == "rectanglelabels" and not all(k in value for k in ("x", "y", "width", "height")):
-        return "rectangle without x/y/width/height"
-    if key == "polygonlabels" and len(value.get("points") or []) < 3:
-        return "polygon with fewer than 3 points"
-    return ""
 
 
 def _prepare(
@@ -164,7 +126,7 @@ def _prepare(
     results = list(chosen.get("result") or [])
     kept: list[dict[str, Any]] = []
     for result in results:
-        problem = _region_problem(result, schema)
+        problem = region_problem(result, schema)
         if problem:
             rid = result.get("id") if isinstance(result, Mapping) else None
             report.skip("result", problem, task_id=task_id, region_id=rid)
@@ -173,7 +135,7 @@ def _prepare(
     if results and not kept:
         report.skip("task", "no convertible region (see the result entries)", task_id=task_id)
         return None
-    sizes = [_size_from((r.get("original_width"), r.get("original_height"))) for r in kept]
+    sizes = [size_from((r.get("original_width"), r.get("original_height"))) for r in kept]
     fallback = known or next((s for s in sizes if s), None)
     if fallback is None:
         report.skip(
@@ -185,6 +147,14 @@ def _prepare(
         return None
     if (known and any(s is None for s in sizes)) or (not kept and known):
         report.adjusted.append({"task_id": task_id, "change": f"image size {known} supplied"})
+    if known and any(s and s != known for s in sizes):
+        report.adjusted.append(
+            {
+                "task_id": task_id,
+                "change": f"original_width/height differ from image size {known}; "
+                "Label Studio's kept (percent coordinates are relative to them)",
+            }
+        )
     for result, size in zip(kept, sizes, strict=True):
         if size is None:
             result["original_width"], result["original_height"] = fallback
@@ -196,45 +166,17 @@ def _prepare(
                     "change": "rotated box -> enclosing box",
                 }
             )
-        if sum(len(result["value"].get(k) or []) for k in _REGION_KEYS) > 1:
+        if sum(len(result["value"].get(k) or []) for k in REGION_KEYS) > 1:
             report.adjusted.append(
                 {"task_id": task_id, "region_id": result.get("id"), "change": "first label used"}
             )
-    kept = _fold_rectangles(kept, tolerance, task_id, report)
+    kept = fold_rectangles(kept, tolerance, task_id, report)
     # The SDK emits regions grouped by from_name in first-seen order: emit ours the same way.
     order = list(dict.fromkeys(r["from_name"] for r in kept))
     kept.sort(key=lambda r: order.index(r["from_name"]))
     prepared = _Prepared(index, task_id, ref, source, chosen.get("id"), fallback, kept)
     prepared.scores = [r.get("score", chosen.get("score")) for r in kept]
     return prepared
-
-
-def _fold_rectangles(
-    kept: list[dict[str, Any]], tolerance: float, task_id: Any, report: ConversionReport
-) -> list[dict[str, Any]]:
-    rects = [r for r in kept if "rectanglelabels" in r["value"]]
-    dropped: set[int] = set()
-    for poly in (r for r in kept if "polygonlabels" in r["value"]):
-        pbox = _pixel_box(poly)
-        for rect in rects:
-            rbox = _pixel_box(rect)
-            if id(rect) in dropped or rbox is None or pbox is None:
-                continue
-            if (
-                _label(rect) == _label(poly)
-                and rect.get("to_name") == poly.get("to_name")
-                and max(abs(a - b) for a, b in zip(rbox, pbox, strict=True)) <= tolerance
-            ):
-                dropped.add(id(rect))
-                report.merged.append(
-                    {
-                        "task_id": task_id,
-                        "rectangle_id": rect.get("id"),
-                        "polygon_id": poly.get("id"),
-                    }
-                )
-                break
-    return [r for r in kept if id(r) not in dropped]
 
 
 def _image_key(schema: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -269,6 +211,8 @@ def ls_to_coco(
     ``ls_annotation_id`` (or ``ls_prediction_id``); each annotation carries ``ls_region_id``.
     Every task in is either converted or in ``report.skipped`` with ``level="task"``.
     """
+    from label_studio_sdk.converter.utils import parse_config  # slow import (nltk, sklearn)
+
     task_list = [tasks] if isinstance(tasks, Mapping) else list(tasks)
     schema = parse_config(label_config)
     image_key, data_keys = _image_key(schema)
@@ -339,6 +283,8 @@ def ls_to_coco(
 def _run_sdk(
     label_config: str, prepared: list[_Prepared], data_keys: list[str], report: ConversionReport
 ) -> dict[str, Any]:
+    from label_studio_sdk.converter import Converter
+
     with tempfile.TemporaryDirectory(prefix="imageml-ls2coco-") as tmp:
         root = Path(tmp)
         sdk_tasks = [
@@ -379,7 +325,7 @@ def _renumber(
     annotations: list[dict[str, Any]] = []
     for k, (item, img) in enumerate(zip(prepared, raw["images"], strict=True)):
         anns = per_image.get(k, [])
-        labels = [_label(r) for r in item.results]
+        labels = [region_label(r) for r in item.results]
         if [names.get(a["category_id"]) for a in anns] != labels:
             report.skip(
                 "task",

@@ -58,12 +58,17 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     assert lineage.returncode == 0, lineage.stderr
     chain = json.loads(lineage.stdout)
     assert chain["records"][0]["status"] == "ok"
-    assert len(chain["downstream"]) == 5
+    by_step = {}
+    for edge in chain["downstream"]:
+        by_step.setdefault(edge["step"], []).append(edge)
+    # ZIP -> 5 members -> 10 augmented copies -> (5 + 10) x 3 size variants
+    assert {k: len(v) for k, v in by_step.items()} == {"ingest": 5, "augment": 10, "normalize": 45}
     assert all(
-        e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in chain["downstream"]
+        e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in by_step["ingest"]
     )
+    assert all("/normalized/" in e["output_uri"] for e in by_step["normalize"])
 
-    member = chain["downstream"][0]["output_uri"]
+    member = by_step["ingest"][0]["output_uri"]
     back = _imageml("lineage", "--home", str(home), member, cwd=tmp_path)
     assert back.returncode == 0, back.stderr
     assert "<- s3://imageml/raw/synthetic/shapes-archive.zip" in back.stdout

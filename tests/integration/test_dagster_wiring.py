@@ -132,9 +132,12 @@ def test_mirror_catches_up_after_downtime_without_duplicates(
         instance.add_dynamic_partitions(
             "ingest_batches", [r.partition_key for r in result.run_requests]
         )
-        job = defs.resolve_job_def("ingest_job")
+        job = defs.resolve_job_def("ingest_and_augment_job")
+        only_ingest = [dg.AssetKey("raw_images")]
         for r in result.run_requests:
-            assert job.execute_in_process(instance=instance, partition_key=r.partition_key).success
+            assert job.execute_in_process(
+                instance=instance, partition_key=r.partition_key, asset_selection=only_ingest
+            ).success
         keys = [dg.AssetKey("raw_images")]
         # "Downtime": the mirror did not run while the materializations happened.
         assert mirror_materializations(instance, keys, store) == 2
@@ -166,8 +169,13 @@ def test_asset_graph_snapshot(settings: Settings) -> None:
     }
     expected_path = Path(__file__).parent / "asset_graph.snapshot.json"
     assert snapshot == json.loads(expected_path.read_text())
-    assert sorted(s.name for s in defs.sensors) == ["manifest_mirror_sensor", "raw_objects_sensor"]
-    assert [j.name for j in defs.jobs] == ["ingest_job"]
+    assert sorted(s.name for s in defs.sensors) == [
+        "augmented_batches_sensor",
+        "manifest_mirror_sensor",
+        "raw_events_sensor",
+        "raw_objects_sensor",
+    ]
+    assert sorted(j.name for j in defs.jobs) == ["ingest_and_augment_job", "normalize_job"]
 
 
 def test_object_store_uri_forms_reach_the_same_object(

@@ -69,7 +69,7 @@ def test_fifty_images_once_then_nothing_then_only_new(
 
     before_rows, before_objects = table_counts(store), _snapshot(object_store, bucket)
     output = _run(pg_env, tmp_path / "home")
-    assert "0 batch(es) to process" in output
+    assert "[ingest] 0 new batch(es)" in output
     after_rows = table_counts(store)
     # The mirror may add nothing either: no run happened.
     assert after_rows == before_rows

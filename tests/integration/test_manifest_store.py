@@ -216,8 +216,14 @@ def _process_worker(url: str, barrier: Any, queue: Any, migrate: bool) -> None:
         queue.put(("error", traceback.format_exc()))
 
 
-def test_concurrent_mark_processed_processes(store_url: str) -> None:
-    """4 processes, each with its own engine, migrate a new database and race on one fact."""
+@pytest.mark.postgres
+def test_concurrent_mark_processed_processes(pg_url: str) -> None:
+    """4 processes, each with its own engine, migrate a new database and race on one fact.
+
+    PostgreSQL only (several pods on one database); SQLite's cross-connection locking is
+    covered by the threads test, and each spawned process costs seconds of imports.
+    """
+    store_url = pg_url
     ctx = multiprocessing.get_context("spawn")
     n = 4
     barrier = ctx.Barrier(n)

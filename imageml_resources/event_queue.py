@@ -1,0 +1,29 @@
+"""Dagster resource for the SQS queue of S3 / EventBridge "Object Created" events."""
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from imageml_core.events import SqsEventSource
+
+
+class EventQueueResource(dg.ConfigurableResource):
+    """``queue_url`` is ``RAW_EVENTS_QUEUE_URL`` (empty = event mode off; polling still
+    runs). ``endpoint_url`` is ``SQS_ENDPOINT_URL`` (empty = AWS). Credentials come from
+    boto3's default chain, as for the object store."""
+
+    queue_url: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    max_messages: int = 50
+    visibility_timeout_s: int = 300
+
+    _source: SqsEventSource | None = PrivateAttr(default=None)
+
+    def get_source(self) -> SqsEventSource:
+        if not self.queue_url:
+            raise ValueError("RAW_EVENTS_QUEUE_URL is not set")
+        if self._source is None:
+            self._source = SqsEventSource(
+                self.queue_url, endpoint_url=self.endpoint_url, region=self.region
+            )
+        return self._source

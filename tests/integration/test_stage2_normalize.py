@@ -1,0 +1,137 @@
+"""Stage 2 end to end on real S3: `imageml run --until normalize` (issue 4 acceptance)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from imageml_cli.main import cli
+from imageml_core.manifest import NORMALIZE, SqlManifestStore
+from imageml_core.object_store import ObjectStore
+from imageml_core.uris import S3Uri, parse_s3_uri
+from tests.helpers import table_counts
+
+
+def _photo(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (height // 50 + 1, width // 50 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _run(env: dict[str, str], home: Path) -> str:
+    result = CliRunner().invoke(cli, ["run", "--until", "normalize", "--home", str(home)], env=env)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _dims(store: ObjectStore, uri: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(store.get_bytes(parse_s3_uri(uri)))) as img:
+        return img.size
+
+
+@pytest.fixture
+def env(s3_env: dict[str, str], pg_url: str) -> dict[str, str]:
+    return {
+        **s3_env,
+        "MANIFEST_DB_URL": pg_url,
+        "NORMALIZE_SIZES": "1080p,720p,800x600",
+        "AUGMENT_PIPELINE": "light",
+        "AUGMENT_COPIES": "1",
+    }
+
+
+def test_variants_dimensions_manifests_policy_hash_and_idempotent_rerun(
+    env: dict[str, str], object_store: ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    raw = S3Uri(bucket, "raw")
+    object_store.put_bytes(raw.join("big.jpg"), _photo(4000, 3000, 1))
+    object_store.put_bytes(raw.join("small.jpg"), _photo(1000, 500, 2))
+    _run(env, tmp_path / "home")
+
+    store = SqlManifestStore(env["MANIFEST_DB_URL"])
+    published = store.manifests(NORMALIZE)
+    assert sorted(m["details"]["variant"] for m in published) == ["1080p", "720p", "800x600"]
+    expected = {
+        "1080p": {"big": (1440, 1080), "small": (1000, 500)},
+        "720p": {"big": (960, 720), "small": (1000, 500)},
+        "800x600": {"big": (800, 600), "small": (800, 600)},
+    }
+    rows = store.processed_objects(NORMALIZE)
+    assert len(rows) == 3 * 4  # 2 originals + 2 augmented copies, 3 variants each
+    for m in published:
+        variant = m["details"]["variant"]
+        doc = json.loads(object_store.get_bytes(parse_s3_uri(m["manifest_uri"])))
+        assert doc["variant_name"] == variant
+        assert len(doc["outputs"]) == 4
+        assert m["manifest_uri"].startswith(f"s3://{bucket}/silver/normalized/{variant}/")
+        for out in doc["outputs"]:
+            assert {
+                "source_uri",
+                "variant_name",
+                "output_uri",
+                "width",
+                "height",
+                "normalization_policy_hash",
+                "sha256",
+            } <= out.keys()
+            assert out["output_uri"].startswith(f"s3://{bucket}/silver/normalized/{variant}/")
+            name = "big" if "big.jpg" in out["source_uri"] else "small"
+            assert (out["width"], out["height"]) == expected[variant][name]
+            assert _dims(object_store, out["output_uri"]) == expected[variant][name]
+            assert out["normalization_policy_hash"] == doc["normalization_policy_hash"]
+        ledger = {r["object_uri"]: r for r in rows}
+        for out in doc["outputs"]:
+            details = ledger[out["output_uri"]]["details"]
+            assert details["normalization_policy_hash"] == out["normalization_policy_hash"]
+            assert (details["width"], details["height"]) == (out["width"], out["height"])
+            assert details["source_uri"] == out["source_uri"]
+
+    # Same settings again: nothing changes, not a row, not an object.
+    before_rows = table_counts(store)
+    before_objects = {o.uri.key: o.etag for o in object_store.list_objects(S3Uri(bucket, ""))}
+    output = _run(env, tmp_path / "home")
+    assert "[normalize] 0 (batch, variant) partition(s)" in output
+    assert table_counts(store) == before_rows
+    assert {
+        o.uri.key: o.etag for o in object_store.list_objects(S3Uri(bucket, ""))
+    } == before_objects
+
+    # A different quality is a different policy: new hashes, outputs beside the old ones.
+    _run({**env, "NORMALIZE_QUALITY": "80"}, tmp_path / "home")
+    hashes = {}
+    for m in store.manifests(NORMALIZE):
+        hashes.setdefault(m["details"]["variant"], set()).add(
+            m["details"]["normalization_policy_hash"]
+        )
+    assert all(len(h) == 2 for h in hashes.values())
+    after_objects = {o.uri.key: o.etag for o in object_store.list_objects(S3Uri(bucket, ""))}
+    assert before_objects.items() <= after_objects.items()  # nothing overwritten
+    store.close()
+
+
+def test_bad_size_tokens_fail_with_the_token_named(env: dict[str, str], tmp_path: Path) -> None:
+    for token, message in [
+        ("0x600", "'0x600'"),
+        ("abc", "'abc'"),
+        ("99999x99999", "'99999x99999'"),
+        ("720p,720p", "'720p' is listed twice"),
+    ]:
+        result = CliRunner().invoke(
+            cli, ["run", "--home", str(tmp_path)], env={**env, "NORMALIZE_SIZES": token}
+        )
+        assert result.exit_code == 1, result.output
+        assert "NORMALIZE_SIZES" in result.output and message in result.output
+    flag = CliRunner().invoke(
+        cli, ["run", "--sizes", "1080p,0x600", "--home", str(tmp_path)], env=env
+    )
+    assert flag.exit_code == 2
+    assert "--sizes" in flag.output and "'0x600'" in flag.output
