@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -59,6 +60,8 @@ class NormalizeConfig:
     dataset_name: str
     augment_tag: str  # "<pipeline>-<hash8>" of the augmentation whose shard is normalized
     workers: int = 0  # 0 = one process per core
+    lease_ttl_s: float = 1800.0  # how long a run computing a batch may hold it
+    lease_poll_s: float = 2.0
 
 
 @dataclass
@@ -322,6 +325,21 @@ def normalize_partition(
         else None
     )
     computed, written, paths, items = False, 0, None, []
+    if entries is None:
+        # One decode for all variants even when the batch's variant partitions run at once
+        # (the sensor launches them together): the lease holder computes, the others wait
+        # for its checkpoint. A holder that died is replaced after lease_ttl_s.
+        lease = f"compute@{config.augment_tag}@{hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]}"
+        if not manifest.claim(NORMALIZE, batch_id, lease, run_id or "local", config.lease_ttl_s):
+            log_fn(
+                f"{partition}: another run is computing this batch's variants; waiting for its checkpoint"
+            )
+            deadline = time.monotonic() + config.lease_ttl_s
+            while entries is None and time.monotonic() < deadline:
+                time.sleep(config.lease_poll_s)
+                checkpoint = manifest.load_checkpoint(NORMALIZE, batch_id, checkpoint_name) or {}
+                if checkpoint.get("hashes", {}).get(variant) == hashes[variant]:
+                    entries = checkpoint["variants"].get(variant)
     if entries is None:
         items = _shard(store, manifest, batch_id, config.augment_tag)
         per_variant, written, paths = _compute_all(

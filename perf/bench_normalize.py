@@ -88,23 +88,31 @@ def main() -> None:
             start = time.perf_counter()
             list(pool.map(_ours, [(str(p), policy) for p in paths]))
             pool_rate = n / (time.perf_counter() - start)
-        # Quality: ours vs a full-decode Lanczos reference of the same output size.
-        worst = 99.0
+        # Quality: ours vs a full-decode Lanczos reference of the same output size. The JPEG
+        # encode at the chosen quality costs PSNR on its own, so two more rows separate it:
+        # the reference itself re-encoded at that quality (the floor any JPEG output has),
+        # and ours at q100 (what the fast decode + cascade cost before encoding).
+        worst = {"ours": 99.0, "floor": 99.0, "resampling": 99.0}
+        lossless = NormalizePolicy(policy.variants, quality=100)
         for p in paths[:4]:
             full = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            result = normalize_image(p, policy)
-            for v in result.variants:
-                ours = cv2.imdecode(np.frombuffer(v.data, np.uint8), cv2.IMREAD_COLOR)
-                sx, sy, dx, dy = v.geometry
-                cw, ch = round(full.shape[1] * sx), round(full.shape[0] * sy)
-                ref = cv2.resize(full, (cw, ch), interpolation=cv2.INTER_LANCZOS4)
-                x0, y0 = int(dx), int(dy)
-                region = ours[max(0, y0) : max(0, y0) + ch, max(0, x0) : max(0, x0) + cw]
-                ref = ref[
-                    max(0, -y0) : max(0, -y0) + region.shape[0],
-                    max(0, -x0) : max(0, -x0) + region.shape[1],
-                ]
-                worst = min(worst, psnr(region, ref))
+            for label, pol in (("ours", policy), ("resampling", lossless)):
+                for v in normalize_image(p, pol).variants:
+                    ours = cv2.imdecode(np.frombuffer(v.data, np.uint8), cv2.IMREAD_COLOR)
+                    sx, sy, dx, dy = v.geometry
+                    cw, ch = round(full.shape[1] * sx), round(full.shape[0] * sy)
+                    ref = cv2.resize(full, (cw, ch), interpolation=cv2.INTER_LANCZOS4)
+                    x0, y0 = int(dx), int(dy)
+                    region = ours[max(0, y0) : max(0, y0) + ch, max(0, x0) : max(0, x0) + cw]
+                    ref = ref[
+                        max(0, -y0) : max(0, -y0) + region.shape[0],
+                        max(0, -x0) : max(0, -x0) + region.shape[1],
+                    ]
+                    worst[label] = min(worst[label], psnr(region, ref))
+                    if label == "ours":
+                        _, enc = cv2.imencode(".jpg", ref, [cv2.IMWRITE_JPEG_QUALITY, args.quality])
+                        floor = psnr(cv2.imdecode(enc, cv2.IMREAD_COLOR), ref)
+                        worst["floor"] = min(worst["floor"], floor)
     print(
         f"{n} images 4000x3000 q90 (mean {mb:.1f} MB), variants {args.sizes} at q{args.quality}, {args.rounds} rounds"
     )
@@ -114,7 +122,14 @@ def main() -> None:
     print(
         f"ours, {cores} processes:      {pool_rate:6.2f} images/s ({pool_rate / ours_rate:.2f}x one core)"
     )
-    print(f"worst PSNR vs full-decode Lanczos reference: {worst:.1f} dB (target >= 35)")
+    print("worst PSNR vs a full-decode Lanczos reference of the same size (target >= 35 dB):")
+    print(f"  ours, as written (q{args.quality}):          {worst['ours']:.1f} dB")
+    print(
+        f"  the reference encoded at q{args.quality}:        {worst['floor']:.1f} dB  (the JPEG floor)"
+    )
+    print(
+        f"  ours before the JPEG encode (q100):  {worst['resampling']:.1f} dB  (the fast path alone)"
+    )
 
 
 if __name__ == "__main__":

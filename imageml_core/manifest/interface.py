@@ -165,6 +165,11 @@ class ManifestStore(abc.ABC):
         self, step: Step, partition_key: str, name: str
     ) -> dict[str, Any] | None: ...
 
+    @abc.abstractmethod
+    def claim(self, step: Step, partition_key: str, name: str, holder: str, ttl_s: float) -> bool:
+        """Take the named lease if nobody holds it, or its holder's lease is older than
+        ``ttl_s`` seconds (a crashed holder). Atomic: one of many concurrent callers wins."""
+
     # manifests and lineage
     @abc.abstractmethod
     def publish(self, publication: ManifestPublication) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +322,36 @@ class SqlManifestStore(ManifestStore):
         )
         with self.engine.connect() as conn:
             return conn.execute(q).scalar()
+
+    def claim(self, step: Step, partition_key: str, name: str, holder: str, ttl_s: float) -> bool:
+        now = _now()
+        lease = f"lease:{name}"
+        row = {
+            "stage": step.stage,
+            "step": step.name,
+            "partition_key": partition_key,
+            "name": lease,
+            "payload": {"holder": holder},
+            "updated_at": now,
+        }
+        c = t.checkpoints.c
+        with self.engine.begin() as conn:
+            if self._insert_ignore(conn, t.checkpoints, [row]) == 1:
+                return True
+            # Compare-and-set on the timestamp: only one caller can replace a stale lease.
+            stale = now - timedelta(seconds=ttl_s)
+            taken = conn.execute(
+                sa.update(t.checkpoints)
+                .where(
+                    c.stage == step.stage,
+                    c.step == step.name,
+                    c.partition_key == partition_key,
+                    c.name == lease,
+                    c.updated_at < stale,
+                )
+                .values(payload={"holder": holder}, updated_at=now)
+            ).rowcount
+            return taken == 1
 
     # ------------------------------------------------------------------ manifests
     def publish(self, publication: ManifestPublication) -> bool:

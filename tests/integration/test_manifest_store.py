@@ -527,3 +527,27 @@ def test_mirror_materializations(manifest_store: SqlManifestStore) -> None:
     ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
     assert ts.timestamp() == pytest.approx(1_700_000_010.0, abs=0.001)
     assert [r["storage_id"] for r in manifest_store.mirrored_materializations()] == [5, 10, 11, 12]
+
+
+def test_claim_has_one_winner_and_a_stale_lease_is_taken_over(manifest_store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imageml_core.manifest import NORMALIZE
+
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(
+            pool.map(
+                lambda i: manifest_store.claim(NORMALIZE, "b", "compute", f"run-{i}", 600), range(8)
+            )
+        )
+    assert wins.count(True) == 1
+    assert manifest_store.claim(NORMALIZE, "b", "compute", "late", 600) is False
+    # A holder silent for longer than the TTL is presumed dead: exactly one caller takes over.
+    with ThreadPoolExecutor(4) as pool:
+        takeovers = list(
+            pool.map(
+                lambda i: manifest_store.claim(NORMALIZE, "b", "compute", f"t-{i}", 0), range(4)
+            )
+        )
+    assert takeovers.count(True) >= 1
+    assert manifest_store.claim(NORMALIZE, "other", "compute", "x", 600) is True

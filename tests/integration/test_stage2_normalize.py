@@ -135,3 +135,55 @@ def test_bad_size_tokens_fail_with_the_token_named(env: dict[str, str], tmp_path
     )
     assert flag.exit_code == 2
     assert "--sizes" in flag.output and "'0x600'" in flag.output
+
+
+def test_concurrent_variant_partitions_decode_each_source_once(
+    env: dict[str, str], object_store: ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imageml_core.augment import load_pipeline
+    from imageml_core.augment_stage import config_tag
+    from imageml_core.manifest import INGEST
+    from imageml_core.normalize import NormalizePolicy
+    from imageml_core.normalize_stage import NormalizeConfig, normalize_partition
+    from imageml_core.sizes import parse_sizes
+    from imageml_core.staging import NvmeStaging
+
+    raw = S3Uri(bucket, "raw")
+    for i in range(3):
+        object_store.put_bytes(raw.join(f"{i}.jpg"), _photo(800, 600, i))
+    result = CliRunner().invoke(
+        cli, ["run", "--until", "augment", "--home", str(tmp_path / "h")], env=env
+    )
+    assert result.exit_code == 0, result.output
+    store = SqlManifestStore(env["MANIFEST_DB_URL"])
+    (batch,) = [m["partition_key"] for m in store.manifests(INGEST)]
+    policy = NormalizePolicy(tuple(parse_sizes("1080p,720p,800x600")))
+    config = NormalizeConfig(
+        S3Uri(bucket, "silver"),
+        "imageml",
+        config_tag(load_pipeline("light", copies=1)),
+        workers=1,
+        lease_poll_s=0.2,
+    )
+
+    def one(variant: str):  # type: ignore[no-untyped-def]
+        return normalize_partition(
+            batch,
+            variant,
+            store=object_store,
+            staging=NvmeStaging(tmp_path / f"nvme-{variant}"),
+            manifest=SqlManifestStore(env["MANIFEST_DB_URL"]),
+            policy=policy,
+            config=config,
+            run_id=f"run-{variant}",
+            log_fn=lambda _m: None,
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(one, ["1080p", "720p", "800x600"]))
+    assert [r.computed for r in results].count(True) == 1
+    assert all(r.outputs == 6 and not r.already_published for r in results)
+    assert len(store.manifests(NORMALIZE)) == 3
+    store.close()
