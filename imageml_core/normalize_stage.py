@@ -163,9 +163,16 @@ def _compute_all(
 ) -> tuple[dict[str, list[dict[str, Any]]], int, dict[str, int]]:
     job = f"normalize-{batch_id}"
     infos = [ObjectInfo(parse_s3_uri(i["uri"]), i["etag"], 0) for i in items]
-    staged = {str(s.info.uri): s for s in staging.stage_in(store, infos, job)}
     out_root = staging.area("output", job)
     workers = config.workers or os.cpu_count() or 1
+    # The shard is staged in chunks, the next chunk downloading while the pool decodes
+    # the current one, so transfer overlaps compute; sizes come from HEAD so the capacity
+    # check still covers the whole shard before the first byte moves.
+    with ThreadPoolExecutor(store.max_concurrency) as heads:
+        infos = list(heads.map(lambda i: store.head(i.uri) or i, infos))
+    staging.check_capacity(sum(i.size for i in infos))
+    chunk = max(workers * 4, 8)
+    chunks = [infos[n : n + chunk] for n in range(0, len(infos), chunk)]
     per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in policy.variants}
     paths: dict[str, int] = {}
     written = 0
@@ -177,12 +184,20 @@ def _compute_all(
         ProcessPoolExecutor(workers) as pool,
         ThreadPoolExecutor(store.max_concurrency) as uploader,
     ):
+        by_uri = {i["uri"]: i for i in items}
         pending = {}
-        for item in items:
-            source = parse_s3_uri(item["uri"])
-            rel = f"{source.bucket}/{source.key}"
-            fut = pool.submit(_worker, (str(staged[item["uri"]].path), rel, policy, str(out_root)))
-            pending[fut] = item
+        with ThreadPoolExecutor(1) as stager:
+            next_chunk = stager.submit(staging.stage_in, store, chunks[0], job) if chunks else None
+            for n in range(len(chunks)):
+                assert next_chunk is not None
+                staged = next_chunk.result()
+                if n + 1 < len(chunks):
+                    next_chunk = stager.submit(staging.stage_in, store, chunks[n + 1], job)
+                for s in staged:
+                    source = s.info.uri
+                    rel = f"{source.bucket}/{source.key}"
+                    fut = pool.submit(_worker, (str(s.path), rel, policy, str(out_root)))
+                    pending[fut] = by_uri[str(source)]
         done_count = 0
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -309,12 +324,14 @@ def normalize_partition(
     manifest_uri = base.join("manifests", f"{batch_id}.json")
     if (published := manifest.get_manifest(NORMALIZE, partition)) is not None:
         log_fn(f"{partition}: already published; nothing to do")
+        details = published["details"]
         return NormalizeResult(
             partition,
             variant,
             str(published["manifest_uri"]),
             True,
-            published["details"]["outputs"],
+            details["outputs"],
+            checks=details["checks"],
         )
 
     checkpoint_name = f"variants@{config.augment_tag}"
@@ -352,7 +369,10 @@ def normalize_partition(
             log_fn=log_fn,
         )
         manifest.save_checkpoint(
-            NORMALIZE, batch_id, checkpoint_name, {"hashes": hashes, "variants": per_variant}
+            NORMALIZE,
+            batch_id,
+            checkpoint_name,
+            {"hashes": hashes, "variants": per_variant, "sources": [i["uri"] for i in items]},
         )
         entries, computed = per_variant[variant], True
 
@@ -418,6 +438,7 @@ def normalize_partition(
                 "outputs": len(entries),
                 "variant": variant,
                 "normalization_policy_hash": hashes[variant],
+                "checks": checks,
             },
             objects=[
                 ProcessedObject(
@@ -443,7 +464,7 @@ def normalize_partition(
         f"{partition}: {len(entries)} outputs ({'computed' if computed else 'from the batch checkpoint'})"
     )
     return NormalizeResult(
-        partition, variant, str(manifest_uri), False, len(entries), computed, written, paths
+        partition, variant, str(manifest_uri), False, len(entries), computed, written, paths, checks
     )
 
 

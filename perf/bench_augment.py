@@ -38,9 +38,12 @@ def main() -> None:
     pipeline = load_pipeline(args.pipeline)
     compose = pipeline.compose
 
+    # The same seed per image in both loops, so both apply exactly the same transforms.
+    seeds = [pipeline.seed_for(f"{i:064x}", 0) for i in range(len(data))]
+
     def bare() -> None:
-        for i, (image, regions) in enumerate(data):
-            compose.set_random_seed(i)
+        for (image, regions), seed in zip(data, seeds, strict=True):
+            compose.set_random_seed(seed)
             compose(
                 image=image,
                 bboxes=np.asarray([r.bbox for r in regions], dtype=np.float32).reshape(-1, 4),
@@ -50,8 +53,8 @@ def main() -> None:
             )
 
     def ours() -> None:
-        for i, (image, regions) in enumerate(data):
-            augment_image(image, regions, pipeline, pipeline.seed_for(f"{i:064x}", 0))
+        for (image, regions), seed in zip(data, seeds, strict=True):
+            augment_image(image, regions, pipeline, seed)
 
     bare()
     ours()  # warm-up: imports, allocator, caches

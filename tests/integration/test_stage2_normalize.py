@@ -71,6 +71,8 @@ def test_variants_dimensions_manifests_policy_hash_and_idempotent_rerun(
         variant = m["details"]["variant"]
         doc = json.loads(object_store.get_bytes(parse_s3_uri(m["manifest_uri"])))
         assert doc["variant_name"] == variant
+        no_problems = {"missing_sources": [], "wrong_dimensions": []}
+        assert doc["checks"] == m["details"]["checks"] == no_problems
         assert len(doc["outputs"]) == 4
         assert m["manifest_uri"].startswith(f"s3://{bucket}/silver/normalized/{variant}/")
         for out in doc["outputs"]:
