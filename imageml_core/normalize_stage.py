@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imageml_core.augment_stage import coco_for_outputs
 from imageml_core.manifest import (
     AUGMENT,
     NORMALIZE,
@@ -267,38 +268,18 @@ def _compute_all(
 
 
 def coco_for_variant(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    labels = sorted({r["label"] for e in entries for r in e["regions"]})
-    cat_id = {n: i for i, n in enumerate(labels, start=1)}
-    doc: dict[str, Any] = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
-    }
-    ann_id = 1
-    for image_id, e in enumerate(entries, start=1):
-        doc["images"].append(
+    """COCO for one variant's outputs (same rules as the augment step's document)."""
+    return coco_for_outputs(
+        [
             {
-                "id": image_id,
-                "file_name": e["output_uri"],
+                "uri": e["output_uri"],
                 "width": e["width"],
                 "height": e["height"],
+                "regions": e["regions"],
             }
-        )
-        for r in e["regions"]:
-            x, y, w, h = r["bbox"]
-            ann = {
-                "id": ann_id,
-                "image_id": image_id,
-                "category_id": cat_id[r["label"]],
-                "bbox": [x, y, w, h],
-                "area": round(w * h, 3),
-                "iscrowd": 0,
-            }
-            if r.get("polygon"):
-                ann["segmentation"] = [r["polygon"]]
-            doc["annotations"].append(ann)
-            ann_id += 1
-    return doc
+            for e in entries
+        ]
+    )
 
 
 def normalize_partition(
