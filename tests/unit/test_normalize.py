@@ -154,6 +154,44 @@ def test_cmyk_and_16bit_values_and_exif_orientation(tmp_path: Path) -> None:
         assert _decode(result.variants[0].data).shape[:2] == (400, 200)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_path_applies_every_exif_orientation_like_pillow(
+    tmp_path: Path, orientation: int
+) -> None:
+    # An asymmetric picture (a gradient plus a block near one corner) reveals any flip.
+    array = _gradient(320, 160)
+    array[10:50, 20:90] = (255, 255, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(array).save(path, "JPEG", quality=95, exif=exif.tobytes())
+    policy = NormalizePolicy(tuple(parse_sizes("480p")))
+    fast = normalize_image(path, policy)
+    general = normalize_image(path, NormalizePolicy(policy.variants, fast_path=False))
+    assert fast.path == "fast" and general.path == "general"
+    (f,), (g,) = fast.variants, general.variants
+    assert (f.width, f.height) == (g.width, g.height)
+    assert (f.width, f.height) == ((160, 320) if orientation >= 5 else (320, 160))
+    diff = np.abs(_decode(f.data).astype(int) - _decode(g.data).astype(int))
+    assert diff.mean() < 3, f"orientation {orientation} differs from Pillow's exif_transpose"
+
+
+def test_fast_path_grayscale_and_fallback_for_warnings_libjpeg_rejects(tmp_path: Path) -> None:
+    gray = tmp_path / "gray.jpg"
+    Image.new("L", (640, 480), 77).save(gray, "JPEG", quality=95)
+    result = normalize_image(gray, NormalizePolicy(tuple(parse_sizes("480p"))))
+    assert result.path == "fast"
+    assert np.abs(_decode(result.variants[0].data).astype(int) - 77).max() <= 2
+    # Extraneous bytes before a marker: Pillow reads the file (so ingest accepted it) while
+    # libjpeg-turbo warns; such files take the general path instead of failing the batch.
+    ok = _jpeg(tmp_path, _gradient(640, 480), "warn.jpg").read_bytes()
+    sos = ok.index(b"\xff\xda")
+    (tmp_path / "warn.jpg").write_bytes(ok[:sos] + b"\x00\x01" + ok[sos:])
+    warned = normalize_image(tmp_path / "warn.jpg", NormalizePolicy(tuple(parse_sizes("480p"))))
+    assert warned.path == "general"
+    assert (warned.variants[0].width, warned.variants[0].height) == (640, 480)
+
+
 def test_policy_hash_tracks_byte_affecting_settings() -> None:
     (v,) = parse_sizes("720p")
     base = NormalizePolicy((v,))
