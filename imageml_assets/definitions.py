@@ -45,6 +45,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             sizes=settings.normalize_sizes,
             fit=settings.normalize_fit,
             quality=settings.normalize_quality,
+            chroma=settings.normalize_chroma,
             workers=settings.normalize_workers,
         ),
     }

@@ -384,6 +384,7 @@ def normalize_partition(
         "policy": {
             "fit": policy.fit,
             "quality": policy.quality,
+            "chroma_subsampling": policy.chroma_subsampling,
             "format": "jpeg",
             "alpha_background": list(policy.alpha_background),
         },

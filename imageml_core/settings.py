@@ -66,6 +66,7 @@ class Settings:
     sqs_endpoint_url: str | None
     normalize_fit: str
     normalize_quality: int
+    normalize_chroma: str
     normalize_workers: int
     augment_copies: int | None
 
@@ -132,6 +133,7 @@ class Settings:
             sqs_endpoint_url=get("SQS_ENDPOINT_URL"),
             normalize_fit=get("NORMALIZE_FIT", "letterbox") or "letterbox",
             normalize_quality=int(number("NORMALIZE_QUALITY", "90", int, 1)),
+            normalize_chroma=get("NORMALIZE_CHROMA", "420") or "420",
             normalize_workers=int(number("NORMALIZE_WORKERS", "0", int, 0)),
             augment_copies=int(number("AUGMENT_COPIES", "1", int, 1))
             if get("AUGMENT_COPIES")
@@ -157,6 +159,11 @@ class Settings:
         if not 1 <= self.normalize_quality <= 100:
             raise ConfigError(
                 f"NORMALIZE_QUALITY={self.normalize_quality}: JPEG quality must be 1-100"
+            )
+        if self.normalize_chroma not in ("420", "444"):
+            raise ConfigError(
+                f"NORMALIZE_CHROMA={self.normalize_chroma!r}: expected 420 or 444 "
+                "(JPEG chroma subsampling of normalized variants)"
             )
         for f in fields(self):
             value = getattr(self, f.name)

@@ -201,5 +201,21 @@ def test_policy_hash_tracks_byte_affecting_settings() -> None:
     assert NormalizePolicy((f,)).variant_hash(f) != NormalizePolicy((f,), fit="crop").variant_hash(
         f
     )
+    assert base.variant_hash(v) != NormalizePolicy((v,), chroma_subsampling="444").variant_hash(v)
+    with pytest.raises(ValueError, match="chroma subsampling must be one of 420, 444"):
+        NormalizePolicy((v,), chroma_subsampling="422")
     # The fit policy does not touch capped variants, so their hash stays.
     assert base.variant_hash(v) == NormalizePolicy((v,), fit="crop").variant_hash(v)
+
+
+@pytest.mark.parametrize(("chroma", "sampling"), [("420", 2), ("444", 0)])
+def test_chroma_subsampling_reaches_the_encoded_file(
+    tmp_path: Path, chroma: str, sampling: int
+) -> None:
+    from PIL import JpegImagePlugin
+
+    path = _jpeg(tmp_path, _gradient(640, 480))
+    policy = NormalizePolicy(tuple(parse_sizes("480p,320x240")), chroma_subsampling=chroma)
+    for variant in normalize_image(path, policy).variants:
+        with Image.open(io.BytesIO(variant.data)) as img:
+            assert JpegImagePlugin.get_sampling(img) == sampling  # 2 = 4:2:0, 0 = 4:4:4

@@ -111,6 +111,13 @@ def test_bad_number_names_the_variable(tmp_path: Path) -> None:
         Settings.from_env({"S3_MAX_CONCURRENCY": "0"}, home=tmp_path)
 
 
+def test_normalize_chroma_setting(tmp_path: Path) -> None:
+    assert Settings.from_env({}, home=tmp_path).normalize_chroma == "420"
+    assert Settings.from_env({"NORMALIZE_CHROMA": "444"}, home=tmp_path).normalize_chroma == "444"
+    with pytest.raises(ConfigError, match=r"NORMALIZE_CHROMA='422': expected 420 or 444"):
+        Settings.from_env({"NORMALIZE_CHROMA": "422"}, home=tmp_path)
+
+
 def test_config_error_is_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 
