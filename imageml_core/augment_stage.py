@@ -188,6 +188,7 @@ def augment_batch(
     out_dir = staging.area("output", job)
     outputs: list[dict[str, Any]] = []
     uploads: list[tuple[Path, S3Uri]] = []
+    digests: dict[Path, tuple[str, str]] = {}
     edges: list[LineageEdge] = []
     boxes_in = boxes_dropped = 0
     for row in ingested:
@@ -223,6 +224,7 @@ def augment_batch(
                 }
             )
             uploads.append((local, target))
+            digests[local] = (md5, sha)
             edges.append(LineageEdge(src_uri, str(target), AUGMENT))
             boxes_in += len(regions)
             boxes_dropped += result.dropped
@@ -300,7 +302,9 @@ def augment_batch(
     }
     body = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
-    written = store.upload_many_if_changed(uploads)
+    written = store.upload_many_if_changed(
+        uploads, existing=store.stat_many([t for _, t in uploads]), digests=digests
+    )
     written += store.put_bytes_if_changed(
         coco_uri, _json_bytes(coco), content_type="application/json"
     )

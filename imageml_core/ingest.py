@@ -319,7 +319,9 @@ def ingest_batch(
     body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     # 1. Outputs first: extracted members, then the manifest JSON beside them.
-    written = store.upload_many_if_changed(uploads)
+    written = store.upload_many_if_changed(
+        uploads, existing=store.stat_many([t for _, t in uploads])
+    )
     if store.put_bytes_if_changed(manifest_uri, body, content_type="application/json"):
         written += 1
 

@@ -167,11 +167,22 @@ def _compute_all(
     out_root = staging.area("output", job)
     workers = config.workers or os.cpu_count() or 1
     # The shard is staged in chunks, the next chunk downloading while the pool decodes
-    # the current one, so transfer overlaps compute; sizes come from HEAD so the capacity
-    # check still covers the whole shard before the first byte moves.
-    with ThreadPoolExecutor(store.max_concurrency) as heads:
-        infos = list(heads.map(lambda i: store.head(i.uri) or i, infos))
+    # the current one, so transfer overlaps compute; sizes come from a listing first so the
+    # capacity check still covers the whole shard before the first byte moves.
+    stats = store.stat_many([i.uri for i in infos])
+    infos = [stats.get(i.uri) or i for i in infos]
     staging.check_capacity(sum(i.size for i in infos))
+    # What the targets already hold, in one listing per variant rather than a HEAD per
+    # upload: a rerun skips identical bytes without asking the server object by object.
+    existing = store.stat_many(
+        [
+            output_uri_for(
+                variant_base(config.normalized_uri, v.name, policy.variant_hash(v)), i.uri
+            )
+            for v in policy.variants
+            for i in infos
+        ]
+    )
     chunk = max(workers * 4, 8)
     chunks = [infos[n : n + chunk] for n in range(0, len(infos), chunk)]
     per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in policy.variants}
@@ -213,9 +224,13 @@ def _compute_all(
                         variant_base(config.normalized_uri, v.name, policy.variant_hash(v)), source
                     )
                     # Upload while the pool keeps decoding: transfer overlaps compute.
+                    local = Path(info["local"])
                     uploads.append(
                         uploader.submit(
-                            store.upload_many_if_changed, [(Path(info["local"]), target)]
+                            store.upload_many_if_changed,
+                            [(local, target)],
+                            existing=existing,
+                            digests={local: (info["md5"], info["sha256"])},
                         )
                     )
                     regions = []

@@ -172,6 +172,80 @@ def test_get_bytes_missing_raises_object_not_found(store: ObjectStore, loc: S3Ur
     assert issubclass(ObjectNotFound, FileNotFoundError)
 
 
+def _counting_heads(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> list[S3Uri]:
+    """Record the HEAD requests ``store`` makes (the real ones still go to the server)."""
+    calls: list[S3Uri] = []
+    real_head = store.head
+
+    def head(uri: S3Uri) -> ObjectInfo | None:
+        calls.append(uri)
+        return real_head(uri)
+
+    monkeypatch.setattr(store, "head", head)
+    return calls
+
+
+def test_stat_many_lists_a_clustered_batch_instead_of_heading_it(
+    s3_server: EmbeddedS3, many_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(
+        s3_server.endpoint_url,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+    )
+    heads = _counting_heads(store, monkeypatch)
+    wanted = [S3Uri(many_bucket, k) for k in MANY_KEYS[500:540]]
+    missing = S3Uri(many_bucket, "many/obj-00510.bin.gone")  # inside the listed range
+    found = store.stat_many([*wanted, missing])
+    assert heads == []
+    assert found[missing] is None
+    for uri in wanted:
+        info = found[uri]
+        assert (
+            info is not None and info.size == len(uri.key) and info.etag == _md5(uri.key.encode())
+        )
+    # Keys spread wider than the listing budget: the rest are HEADed, same answers.
+    spread = [S3Uri(many_bucket, MANY_KEYS[0]), S3Uri(many_bucket, MANY_KEYS[-1]), missing]
+    found = store.stat_many(spread, max_listed=3)
+    assert set(heads) == {spread[1], missing}  # the first key was within the budget
+    assert found[missing] is None
+    assert all(found[u] is not None for u in spread[:2])
+    # Keys in several buckets, and one in a bucket with nothing in range.
+    other = S3Uri(many_bucket, "other/x.bin")
+    assert store.stat_many([other, S3Uri(many_bucket, "zzz/none")])[other] is not None
+
+
+def test_upload_many_if_changed_with_a_stat_snapshot_and_known_digests(
+    s3_server: EmbeddedS3, loc: S3Uri, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(
+        s3_server.endpoint_url,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+    )
+    jobs, digests = [], {}
+    for i in range(5):
+        data = os.urandom(2000 + i)
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(data)
+        jobs.append((path, loc.join(f"f{i}.bin")))
+        digests[path] = (_md5(data), _sha256(data))
+    heads = _counting_heads(store, monkeypatch)
+    targets = [uri for _, uri in jobs]
+    assert (
+        store.upload_many_if_changed(jobs, existing=store.stat_many(targets), digests=digests) == 5
+    )
+    assert (
+        store.upload_many_if_changed(jobs, existing=store.stat_many(targets), digests=digests) == 0
+    )
+    assert heads == []  # every existence check came from the listings
+    # A wrong digest is caught by the server's Content-MD5 check, not stored.
+    bad = {jobs[0][0]: ("0" * 32, digests[jobs[0][0]][1])}
+    with pytest.raises(ClientError):
+        store.upload_many_if_changed(jobs[:1], existing={}, digests=bad)
+    assert store.head(jobs[0][1]).etag == digests[jobs[0][0]][0]  # type: ignore[union-attr]
+
+
 def test_put_bytes_if_changed(store: ObjectStore, loc: S3Uri) -> None:
     uri = loc.join("out/result.json")
     assert store.put_bytes_if_changed(uri, b'{"v": 1}') is True
