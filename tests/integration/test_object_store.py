@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 import imageml_core.object_store as object_store_module
 from imageml_core.embedded_s3 import EmbeddedS3
 from imageml_core.object_store import (
+    FileChanged,
     IntegrityError,
     ObjectInfo,
     ObjectNotFound,
@@ -239,9 +240,9 @@ def test_upload_many_if_changed_with_a_stat_snapshot_and_known_digests(
         store.upload_many_if_changed(jobs, existing=store.stat_many(targets), digests=digests) == 0
     )
     assert heads == []  # every existence check came from the listings
-    # A wrong digest is caught by the server's Content-MD5 check, not stored.
+    # A digest that no longer matches the file refuses the upload; the stored object stays.
     bad = {jobs[0][0]: ("0" * 32, digests[jobs[0][0]][1])}
-    with pytest.raises(ClientError):
+    with pytest.raises(FileChanged, match="when it was hashed"):
         store.upload_many_if_changed(jobs[:1], existing={}, digests=bad)
     assert store.head(jobs[0][1]).etag == digests[jobs[0][0]][0]  # type: ignore[union-attr]
 
