@@ -7,10 +7,12 @@ from imageml_core.object_store import ObjectStore
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
-    """boto3 against ``endpoint_url`` (empty = AWS).
+    """boto3 (control plane) and obstore (bulk file transfers) against ``endpoint_url``
+    (empty = AWS).
 
     Credentials are not config: boto3's default chain reads ``AWS_ACCESS_KEY_ID`` /
-    ``AWS_SECRET_ACCESS_KEY`` or a pod's IAM role, so secrets never show in the Dagster UI.
+    ``AWS_SECRET_ACCESS_KEY``, a profile or a pod's IAM role, and obstore signs with what
+    boto3 resolved, so secrets never show in the Dagster UI.
     """
 
     endpoint_url: str | None = None

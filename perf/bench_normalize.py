@@ -24,7 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imageml_core.normalize import NormalizePolicy, naive_normalize, normalize_image
+from imageml_core.normalize import (
+    CHROMA_SUBSAMPLINGS,
+    NormalizePolicy,
+    _decode,
+    naive_normalize,
+    normalize_image,
+)
 from imageml_core.sizes import parse_sizes
 
 cv2.setNumThreads(1)
@@ -100,6 +106,31 @@ def main() -> None:
         naive_rate = n / statistics.median(t_naive)
         ours_rate = n / statistics.median(t_ours)
         rate_444 = n / statistics.median(t_444)
+        # Where the time goes: the same reduced decode alone, and the three encodes alone.
+        # Their sum is the floor for this decoder and encoder; the rest is resizing.
+        datas = [p.read_bytes() for p in paths]
+        outputs = [
+            [
+                cv2.imdecode(np.frombuffer(v.data, np.uint8), cv2.IMREAD_COLOR)
+                for v in normalize_image(p, policy).variants
+            ]
+            for p in paths
+        ]
+        params = [cv2.IMWRITE_JPEG_QUALITY, args.quality]
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, CHROMA_SUBSAMPLINGS["420"]]
+        t_decode, t_encode = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for p, d in zip(paths, datas, strict=True):
+                _decode(p, d, policy)
+            t_decode.append((time.perf_counter() - start) / n)
+            start = time.perf_counter()
+            for images in outputs:
+                for image in images:
+                    cv2.imencode(".jpg", image, params)
+            t_encode.append((time.perf_counter() - start) / n)
+        decode_ms = statistics.median(t_decode) * 1000
+        encode_ms = statistics.median(t_encode) * 1000
         bytes_420 = sum(len(v.data) for p in paths for v in normalize_image(p, policy).variants)
         bytes_444 = sum(len(v.data) for p in paths for v in normalize_image(p, policy_444).variants)
         cores = os.cpu_count() or 1
@@ -155,6 +186,10 @@ def main() -> None:
     print(f"ratio ours/baseline:      {ours_rate / naive_rate:6.2f}x             (target >= 3.3)")
     print(
         f"ours, {cores} processes:      {pool_rate:6.2f} images/s ({pool_rate / ours_rate:.2f}x one core)"
+    )
+    print(
+        f"  of which decode alone {decode_ms:5.1f} ms, 3 encodes alone {encode_ms:5.1f} ms per image:"
+        f" floor {1000 / (decode_ms + encode_ms):5.2f} images/s per core without resizing"
     )
     print(
         f"ours with 4:4:4 output:   {rate_444:6.2f} images/s per core   "

@@ -1,0 +1,47 @@
+"""The perf/ benchmarks still run, at a toy size: numbers are the note's business, not the
+suite's (no timing assertions here), but a benchmark that no longer starts is a defect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+PERF = Path(__file__).resolve().parents[2] / "perf"
+
+
+def _bench(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(PERF / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_normalize_inner_loop_benchmark_prints_baseline_ours_ratio_and_psnr() -> None:
+    out = _bench("bench_normalize.py", "--images", "2", "--rounds", "1")
+    for line in (
+        "baseline (naive OpenCV):",
+        "ours (inner loop):",
+        "ratio ours/baseline:",
+        "of which decode alone",
+        "ours with 4:4:4 output:",
+        "the reference encoded at q90 4:2:0",
+        "ours, q90 4:4:4 (NORMALIZE_CHROMA=444)",
+    ):
+        assert line in out, out
+
+
+def test_normalize_asset_benchmark_runs_against_a_real_s3_server() -> None:
+    out = _bench("bench_normalize_asset.py", "--images", "6", "--unique", "2")
+    assert "ratio ours/baseline:" in out, out
+    assert "cores busy:" in out and "the S3 server" in out, out
+    assert "decode paths {'fast': 6}" in out, out
