@@ -34,10 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+from PIL import Image
+
 from imageml_core.augment_stage import coco_for_outputs
 from imageml_core.manifest import (
     AUGMENT,
     NORMALIZE,
+    STATUS_QUARANTINED,
     LineageEdge,
     ManifestPublication,
     ManifestStore,
@@ -75,7 +79,7 @@ class NormalizeResult:
     computed: bool = False
     objects_written: int = 0
     decode_paths: dict[str, int] | None = None
-    checks: dict[str, list[str]] | None = None
+    checks: dict[str, Any] | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None and k != "checks"}
@@ -98,7 +102,12 @@ def output_uri_for(base: S3Uri, source: S3Uri) -> S3Uri:
 def _worker(args: tuple[str, str, NormalizePolicy, str]) -> dict[str, Any]:
     """Process-pool task: normalize one staged file, write variants under ``out_root``."""
     src_path, rel, policy, out_root = args
-    result = normalize_image(Path(src_path), policy)
+    try:
+        result = normalize_image(Path(src_path), policy)
+    except (OSError, ValueError, cv2.error, Image.DecompressionBombError) as exc:
+        # Ingest verified every source, so this is an object changed or broken since:
+        # it is quarantined with the reason and the batch goes on.
+        return {"error": f"{type(exc).__name__}: {str(exc).strip() or 'unreadable image'}"}
     out: dict[str, Any] = {
         "source_width": result.source_width,
         "source_height": result.source_height,
@@ -161,7 +170,9 @@ def _compute_all(
     policy: NormalizePolicy,
     config: NormalizeConfig,
     log_fn: Callable[[str], None],
-) -> tuple[dict[str, list[dict[str, Any]]], int, dict[str, int]]:
+) -> tuple[dict[str, list[dict[str, Any]]], int, dict[str, int], dict[str, str]]:
+    """Every variant of every item. Returns entries per variant, objects written, decode
+    paths used, and the sources quarantined (URI -> reason)."""
     job = f"normalize-{batch_id}"
     infos = [ObjectInfo(parse_s3_uri(i["uri"]), i["etag"], 0) for i in items]
     out_root = staging.area("output", job)
@@ -169,8 +180,23 @@ def _compute_all(
     # The shard is staged in chunks, the next chunk downloading while the pool decodes
     # the current one, so transfer overlaps compute; sizes come from a listing first so the
     # capacity check still covers the whole shard before the first byte moves.
+    quarantined: dict[str, str] = {}
     stats = store.stat_many([i.uri for i in infos])
-    infos = [stats.get(i.uri) or i for i in infos]
+    current = []
+    for recorded in infos:
+        now = stats.get(recorded.uri)
+        if now is None:
+            quarantined[str(recorded.uri)] = "no longer exists"
+        elif recorded.etag and now.etag != recorded.etag:
+            # The augment manifest's hashes and annotations describe the recorded bytes.
+            quarantined[str(recorded.uri)] = (
+                f"changed since it was recorded (ETag {recorded.etag} then, {now.etag} now)"
+            )
+        else:
+            current.append(now)
+    infos = current
+    for uri, reason in quarantined.items():
+        log_fn(f"{batch_id}: quarantined {uri}: {reason}")
     staging.check_capacity(sum(i.size for i in infos))
     # What the targets already hold, in one listing per variant rather than a HEAD per
     # upload: a rerun skips identical bytes without asking the server object by object.
@@ -189,6 +215,7 @@ def _compute_all(
     paths: dict[str, int] = {}
     written = 0
     uploads: list[Future[int]] = []
+    failures: dict[str, Exception] = {}
     log_fn(
         f"{batch_id}: normalizing {len(items)} images into {len(policy.variants)} variants on {workers} processes"
     )
@@ -199,12 +226,18 @@ def _compute_all(
         by_uri = {i["uri"]: i for i in items}
         pending = {}
         with ThreadPoolExecutor(1) as stager:
-            next_chunk = stager.submit(staging.stage_in, store, chunks[0], job) if chunks else None
+            next_chunk = (
+                stager.submit(staging.stage_in, store, chunks[0], job, failures=failures)
+                if chunks
+                else None
+            )
             for n in range(len(chunks)):
                 assert next_chunk is not None
                 staged = next_chunk.result()
                 if n + 1 < len(chunks):
-                    next_chunk = stager.submit(staging.stage_in, store, chunks[n + 1], job)
+                    next_chunk = stager.submit(
+                        staging.stage_in, store, chunks[n + 1], job, failures=failures
+                    )
                 for s in staged:
                     source = s.info.uri
                     rel = f"{source.bucket}/{source.key}"
@@ -216,6 +249,11 @@ def _compute_all(
             for fut in finished:
                 item = pending.pop(fut)
                 result = fut.result()
+                done_count += 1
+                if "error" in result:
+                    quarantined[item["uri"]] = result["error"]
+                    log_fn(f"{batch_id}: quarantined {item['uri']}: {result['error']}")
+                    continue
                 paths[result["path"]] = paths.get(result["path"], 0) + 1
                 source = parse_s3_uri(item["uri"])
                 for v in policy.variants:
@@ -272,14 +310,16 @@ def _compute_all(
                             "regions": regions,
                         }
                     )
-                done_count += 1
                 if done_count % 25 == 0 or done_count == len(items):
                     log_fn(f"{batch_id}: normalized {done_count}/{len(items)}")
         written = sum(f.result() for f in uploads)
     staging.cleanup(job)
+    for uri, exc in failures.items():
+        quarantined[uri] = f"could not be staged: {exc}"
+        log_fn(f"{batch_id}: quarantined {uri}: could not be staged: {exc}")
     for entries in per_variant.values():
         entries.sort(key=lambda e: e["output_uri"])
-    return per_variant, written, paths
+    return per_variant, written, paths, dict(sorted(quarantined.items()))
 
 
 def coco_for_variant(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -353,9 +393,10 @@ def normalize_partition(
                 checkpoint = manifest.load_checkpoint(NORMALIZE, batch_id, checkpoint_name) or {}
                 if checkpoint.get("hashes", {}).get(variant) == hashes[variant]:
                     entries = checkpoint["variants"].get(variant)
+    quarantined: dict[str, str] = checkpoint.get("quarantined", {})
     if entries is None:
         items = _shard(store, manifest, batch_id, config.augment_tag)
-        per_variant, written, paths = _compute_all(
+        per_variant, written, paths, quarantined = _compute_all(
             items,
             batch_id=batch_id,
             store=store,
@@ -368,7 +409,12 @@ def normalize_partition(
             NORMALIZE,
             batch_id,
             checkpoint_name,
-            {"hashes": hashes, "variants": per_variant, "sources": [i["uri"] for i in items]},
+            {
+                "hashes": hashes,
+                "variants": per_variant,
+                "sources": [i["uri"] for i in items],
+                "quarantined": quarantined,
+            },
         )
         entries, computed = per_variant[variant], True
 
@@ -384,7 +430,10 @@ def normalize_partition(
             :50
         ],
         "wrong_dimensions": wrong_size[:50],
+        # Why sources are missing, when they were quarantined (the first 50).
+        "quarantined": dict(list(quarantined.items())[:50]),
     }
+    etags = {i["uri"]: i["etag"] for i in items}
     coco = coco_for_variant(entries)
     ls_tasks, ls_report = coco_to_ls(coco, image_ref=lambda name: name)
     doc = {
@@ -410,6 +459,7 @@ def normalize_partition(
             "conversion_parameters": ls_report.conversion_parameters,
         },
         "checks": checks,
+        "quarantined": [{"source_uri": u, "reason": r} for u, r in quarantined.items()],
         "outputs": [{k: v for k, v in e.items() if k not in ("regions", "etag")} for e in entries],
     }
     body = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
@@ -452,6 +502,16 @@ def normalize_partition(
                     },
                 )
                 for e in entries
+            ]
+            + [
+                ProcessedObject(
+                    uri=uri,
+                    etag=etags.get(uri, ""),
+                    status=STATUS_QUARANTINED,
+                    reason=reason,
+                    details={"kind": "normalize_source", "variant_name": variant},
+                )
+                for uri, reason in quarantined.items()
             ],
             edges=[LineageEdge(e["source_uri"], e["output_uri"], NORMALIZE) for e in entries],
             run_id=run_id,

@@ -111,7 +111,7 @@ def main() -> None:
         assert s3.process is not None
         s3_cpu0, (busy0, total0) = process_cpu_seconds(s3.process.pid), machine_busy_seconds()
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        per_variant, written, paths = _compute_all(
+        per_variant, written, paths, _quarantined = _compute_all(
             items,
             batch_id="bench",
             store=store,

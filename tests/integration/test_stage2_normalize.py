@@ -71,7 +71,7 @@ def test_variants_dimensions_manifests_policy_hash_and_idempotent_rerun(
         variant = m["details"]["variant"]
         doc = json.loads(object_store.get_bytes(parse_s3_uri(m["manifest_uri"])))
         assert doc["variant_name"] == variant
-        no_problems = {"missing_sources": [], "wrong_dimensions": []}
+        no_problems = {"missing_sources": [], "wrong_dimensions": [], "quarantined": {}}
         assert doc["checks"] == m["details"]["checks"] == no_problems
         assert len(doc["outputs"]) == 4
         assert m["manifest_uri"].startswith(f"s3://{bucket}/silver/normalized/{variant}/")
@@ -189,3 +189,55 @@ def test_concurrent_variant_partitions_decode_each_source_once(
     assert all(r.outputs == 6 and not r.already_published for r in results)
     assert len(store.manifests(NORMALIZE)) == 3
     store.close()
+
+
+def test_sources_changed_or_gone_since_augment_are_quarantined_and_the_batch_goes_on(
+    env: dict[str, str], object_store: ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    from imageml_core.manifest import AUGMENT
+
+    raw = S3Uri(bucket, "raw")
+    for i in range(3):
+        object_store.put_bytes(raw.join(f"{i}.jpg"), _photo(800, 600, i))
+    result = CliRunner().invoke(
+        cli, ["run", "--until", "augment", "--home", str(tmp_path / "h")], env=env
+    )
+    assert result.exit_code == 0, result.output
+    store = SqlManifestStore(env["MANIFEST_DB_URL"])
+    (augment,) = store.manifests(AUGMENT)
+    doc = json.loads(object_store.get_bytes(parse_s3_uri(augment["manifest_uri"])))
+    changed, gone = (parse_s3_uri(o["uri"]) for o in doc["outputs"][:2])
+    # Someone else touches the augmented copies between the stages.
+    object_store.put_bytes(changed, _photo(640, 480, 99))
+    object_store.client.delete_object(Bucket=gone.bucket, Key=gone.key)
+
+    output = _run(env, tmp_path / "h")
+    assert f"quarantined {changed}: changed since it was recorded" in output
+    assert f"quarantined {gone}: no longer exists" in output
+    published = store.manifests(NORMALIZE)
+    assert len(published) == 3
+    for m in published:
+        checks = m["details"]["checks"]
+        assert checks["missing_sources"] == sorted([str(changed), str(gone)])
+        assert set(checks["quarantined"]) == {str(changed), str(gone)}
+        doc = json.loads(object_store.get_bytes(parse_s3_uri(m["manifest_uri"])))
+        assert len(doc["outputs"]) == 4  # the other 2 originals + 2 copies
+        reasons = {q["source_uri"]: q["reason"] for q in doc["quarantined"]}
+        assert reasons[str(gone)] == "no longer exists"
+        assert reasons[str(changed)].startswith("changed since it was recorded (ETag ")
+    ledger = {r["object_uri"]: r for r in store.processed_objects(NORMALIZE) if r["status"] != "ok"}
+    assert set(ledger) == {str(changed), str(gone)}
+    assert ledger[str(gone)]["reason"] == "no longer exists"
+    store.close()
+
+
+def test_a_source_that_no_longer_decodes_is_reported_not_raised(tmp_path: Path) -> None:
+    from imageml_core.normalize import NormalizePolicy
+    from imageml_core.normalize_stage import _worker
+    from imageml_core.sizes import parse_sizes
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    policy = NormalizePolicy(tuple(parse_sizes("720p")))
+    result = _worker((str(broken), "b/broken.jpg", policy, str(tmp_path / "out")))
+    assert result["error"].startswith("UnidentifiedImageError: cannot identify image file")
