@@ -29,7 +29,7 @@ from bench_normalize import photo_like
 
 from imageml_core.embedded_s3 import EmbeddedS3
 from imageml_core.normalize import NormalizePolicy, naive_normalize
-from imageml_core.normalize_stage import NormalizeConfig, _compute_all
+from imageml_core.normalize_batch import compute_batch
 from imageml_core.object_store import ObjectStore
 from imageml_core.sizes import parse_sizes
 from imageml_core.staging import NvmeStaging
@@ -111,13 +111,13 @@ def main() -> None:
         assert s3.process is not None
         s3_cpu0, (busy0, total0) = process_cpu_seconds(s3.process.pid), machine_busy_seconds()
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
-        per_variant, written, paths, _quarantined = _compute_all(
+        per_variant, written, paths, _quarantined = compute_batch(
             items,
             batch_id="bench",
             store=store,
             staging=staging,
             policy=policy,
-            config=NormalizeConfig(S3Uri("bench", "silver"), "bench", "bench"),
+            normalized_uri=S3Uri("bench", "silver"),
             log_fn=lambda _m: None,
         )
         wall = time.perf_counter() - wall0

@@ -233,11 +233,11 @@ def test_sources_changed_or_gone_since_augment_are_quarantined_and_the_batch_goe
 
 def test_a_source_that_no_longer_decodes_is_reported_not_raised(tmp_path: Path) -> None:
     from imageml_core.normalize import NormalizePolicy
-    from imageml_core.normalize_stage import _worker
+    from imageml_core.normalize_batch import normalize_staged_file
     from imageml_core.sizes import parse_sizes
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     policy = NormalizePolicy(tuple(parse_sizes("720p")))
-    result = _worker((str(broken), "b/broken.jpg", policy, str(tmp_path / "out")))
+    result = normalize_staged_file((str(broken), "b/broken.jpg", policy, str(tmp_path / "out")))
     assert result["error"].startswith("UnidentifiedImageError: cannot identify image file")
