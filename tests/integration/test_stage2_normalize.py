@@ -139,6 +139,18 @@ def test_bad_size_tokens_fail_with_the_token_named(env: dict[str, str], tmp_path
     assert "--sizes" in flag.output and "'0x600'" in flag.output
 
 
+def _augmented_batch_of_three(
+    env: dict[str, str], object_store: ObjectStore, bucket: str, home: Path
+) -> SqlManifestStore:
+    """Three 800x600 photos in raw storage, taken through stage 1 by the CLI."""
+    raw = S3Uri(bucket, "raw")
+    for i in range(3):
+        object_store.put_bytes(raw.join(f"{i}.jpg"), _photo(800, 600, i))
+    result = CliRunner().invoke(cli, ["run", "--until", "augment", "--home", str(home)], env=env)
+    assert result.exit_code == 0, result.output
+    return SqlManifestStore(env["MANIFEST_DB_URL"])
+
+
 def test_concurrent_variant_partitions_decode_each_source_once(
     env: dict[str, str], object_store: ObjectStore, bucket: str, tmp_path: Path
 ) -> None:
@@ -152,14 +164,7 @@ def test_concurrent_variant_partitions_decode_each_source_once(
     from imageml_core.sizes import parse_sizes
     from imageml_core.staging import NvmeStaging
 
-    raw = S3Uri(bucket, "raw")
-    for i in range(3):
-        object_store.put_bytes(raw.join(f"{i}.jpg"), _photo(800, 600, i))
-    result = CliRunner().invoke(
-        cli, ["run", "--until", "augment", "--home", str(tmp_path / "h")], env=env
-    )
-    assert result.exit_code == 0, result.output
-    store = SqlManifestStore(env["MANIFEST_DB_URL"])
+    store = _augmented_batch_of_three(env, object_store, bucket, tmp_path / "h")
     (batch,) = [m["partition_key"] for m in store.manifests(INGEST)]
     policy = NormalizePolicy(tuple(parse_sizes("1080p,720p,800x600")))
     config = NormalizeConfig(
@@ -196,14 +201,7 @@ def test_sources_changed_or_gone_since_augment_are_quarantined_and_the_batch_goe
 ) -> None:
     from imageml_core.manifest import AUGMENT
 
-    raw = S3Uri(bucket, "raw")
-    for i in range(3):
-        object_store.put_bytes(raw.join(f"{i}.jpg"), _photo(800, 600, i))
-    result = CliRunner().invoke(
-        cli, ["run", "--until", "augment", "--home", str(tmp_path / "h")], env=env
-    )
-    assert result.exit_code == 0, result.output
-    store = SqlManifestStore(env["MANIFEST_DB_URL"])
+    store = _augmented_batch_of_three(env, object_store, bucket, tmp_path / "h")
     (augment,) = store.manifests(AUGMENT)
     doc = json.loads(object_store.get_bytes(parse_s3_uri(augment["manifest_uri"])))
     changed, gone = (parse_s3_uri(o["uri"]) for o in doc["outputs"][:2])
