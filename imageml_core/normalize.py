@@ -258,7 +258,8 @@ def _cascade_source(sources: list[np.ndarray], width: int, height: int) -> np.nd
         h, w = source.shape[:2]
         if min(w / width, h / height) < _MAX_BILINEAR_RATIO or w // 2 < width or h // 2 < height:
             return source
-        dst = _scratch.get(f"half:{w}x{h}", (h // 2, w // 2, 3))
+        # Keyed by position, not size: the set of buffers stays bounded across images.
+        dst = _scratch.get(f"half:{len(sources)}", (h // 2, w // 2, 3))
         source = cv2.resize(source, (w // 2, h // 2), dst=dst, interpolation=cv2.INTER_AREA)
         sources.append(source)
 

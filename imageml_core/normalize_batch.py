@@ -26,7 +26,7 @@ import cv2
 from PIL import Image
 
 from imageml_core.normalize import NormalizePolicy, normalize_image, scale_polygon, scale_region
-from imageml_core.object_store import ObjectInfo, ObjectStore
+from imageml_core.object_store import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
 from imageml_core.staging import NvmeStaging
 from imageml_core.uris import S3Uri, parse_s3_uri
 
@@ -75,6 +75,15 @@ def normalize_staged_file(args: tuple[str, str, NormalizePolicy, str]) -> dict[s
     return out
 
 
+def _raise_unless_quarantinable(failures: dict[str, Exception]) -> None:
+    """A source that vanished or changed is quarantined; any other staging failure
+    (network, permissions, a full disk) is not the object's fault, so it fails the batch
+    and a retry can succeed, instead of leaving the source out of a published manifest."""
+    for exc in failures.values():
+        if not isinstance(exc, (ObjectNotFound, ObjectChanged)):
+            raise exc
+
+
 def compute_batch(
     items: list[dict[str, Any]],
     *,
@@ -113,15 +122,12 @@ def compute_batch(
     for uri, reason in quarantined.items():
         log_fn(f"{batch_id}: quarantined {uri}: {reason}")
     staging.check_capacity(sum(i.size for i in infos))
-    # What the targets already hold, in one listing per variant rather than a HEAD per
-    # upload: a rerun skips identical bytes without asking the server object by object.
-    existing = store.stat_many(
-        [
-            output_uri_for(variant_base(normalized_uri, v.name, policy.variant_hash(v)), i.uri)
-            for v in policy.variants
-            for i in infos
-        ]
-    )
+    # What the targets already hold, from a listing of each variant's own key range rather
+    # than a HEAD per upload: a rerun skips identical bytes without asking object by object.
+    existing: dict[S3Uri, ObjectInfo | None] = {}
+    for v in policy.variants:
+        base = variant_base(normalized_uri, v.name, policy.variant_hash(v))
+        existing |= store.stat_many([output_uri_for(base, i.uri) for i in infos])
     chunk = max(workers * 4, 8)
     chunks = [infos[n : n + chunk] for n in range(0, len(infos), chunk)]
     per_variant: dict[str, list[dict[str, Any]]] = {v.name: [] for v in policy.variants}
@@ -129,8 +135,9 @@ def compute_batch(
     written = 0
     uploads: list[Future[int]] = []
     failures: dict[str, Exception] = {}
+    total = len(infos)
     log_fn(
-        f"{batch_id}: normalizing {len(items)} images into {len(policy.variants)} variants on {workers} processes"
+        f"{batch_id}: normalizing {total} images into {len(policy.variants)} variants on {workers} processes"
     )
     with (
         ProcessPoolExecutor(workers) as pool,
@@ -147,6 +154,7 @@ def compute_batch(
             for n in range(len(chunks)):
                 assert next_chunk is not None
                 staged = next_chunk.result()
+                _raise_unless_quarantinable(failures)
                 if n + 1 < len(chunks):
                     next_chunk = stager.submit(
                         staging.stage_in, store, chunks[n + 1], job, failures=failures
@@ -225,8 +233,8 @@ def compute_batch(
                             "regions": regions,
                         }
                     )
-                if done_count % 25 == 0 or done_count == len(items):
-                    log_fn(f"{batch_id}: normalized {done_count}/{len(items)}")
+                if done_count % 25 == 0 or done_count == total - len(failures):
+                    log_fn(f"{batch_id}: normalized {done_count}/{total - len(failures)}")
         written = sum(f.result() for f in uploads)
     staging.cleanup(job)
     for uri, exc in failures.items():

@@ -162,12 +162,20 @@ def normalize_partition(
         else None
     )
     computed, written, paths, items = False, 0, None, []
+    holder, held = run_id or "local", None
     if entries is None:
         # One decode for all variants even when the batch's variant partitions run at once
         # (the sensor launches them together): the lease holder computes, the others wait
         # for its checkpoint. A holder that died is replaced after lease_ttl_s.
         lease = f"compute@{config.augment_tag}@{hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]}"
-        if not manifest.claim(NORMALIZE, batch_id, lease, run_id or "local", config.lease_ttl_s):
+        if manifest.claim(NORMALIZE, batch_id, lease, holder, config.lease_ttl_s):
+            held = lease
+            # The previous holder may have finished between our read and our claim.
+            checkpoint = manifest.load_checkpoint(NORMALIZE, batch_id, checkpoint_name) or {}
+            if checkpoint.get("hashes", {}).get(variant) == hashes[variant]:
+                entries = checkpoint["variants"].get(variant)
+                manifest.release(NORMALIZE, batch_id, lease, holder)
+        else:
             log_fn(
                 f"{partition}: another run is computing this batch's variants; waiting for its checkpoint"
             )
@@ -178,29 +186,39 @@ def normalize_partition(
                 if checkpoint.get("hashes", {}).get(variant) == hashes[variant]:
                     entries = checkpoint["variants"].get(variant)
     quarantined: dict[str, str] = checkpoint.get("quarantined", {})
+    # The ETags the quarantined sources were recorded with: their ledger rows carry them,
+    # whichever variant partition publishes first.
+    quarantined_etags: dict[str, str] = checkpoint.get("quarantined_etags", {})
     if entries is None:
-        items = _shard(store, manifest, batch_id, config.augment_tag)
-        per_variant, written, paths, quarantined = compute_batch(
-            items,
-            batch_id=batch_id,
-            store=store,
-            staging=staging,
-            policy=policy,
-            normalized_uri=config.normalized_uri,
-            workers=config.workers,
-            log_fn=log_fn,
-        )
-        manifest.save_checkpoint(
-            NORMALIZE,
-            batch_id,
-            checkpoint_name,
-            {
-                "hashes": hashes,
-                "variants": per_variant,
-                "sources": [i["uri"] for i in items],
-                "quarantined": quarantined,
-            },
-        )
+        try:
+            items = _shard(store, manifest, batch_id, config.augment_tag)
+            per_variant, written, paths, quarantined = compute_batch(
+                items,
+                batch_id=batch_id,
+                store=store,
+                staging=staging,
+                policy=policy,
+                normalized_uri=config.normalized_uri,
+                workers=config.workers,
+                log_fn=log_fn,
+            )
+            quarantined_etags = {i["uri"]: i["etag"] for i in items if i["uri"] in quarantined}
+            manifest.save_checkpoint(
+                NORMALIZE,
+                batch_id,
+                checkpoint_name,
+                {
+                    "hashes": hashes,
+                    "variants": per_variant,
+                    "sources": [i["uri"] for i in items],
+                    "quarantined": quarantined,
+                    "quarantined_etags": quarantined_etags,
+                },
+            )
+        finally:
+            # Given back on failure too, so a retry need not wait out lease_ttl_s.
+            if held is not None:
+                manifest.release(NORMALIZE, batch_id, held, holder)
         entries, computed = per_variant[variant], True
 
     spec = next(v for v in policy.variants if v.name == variant)
@@ -218,7 +236,6 @@ def normalize_partition(
         # Why sources are missing, when they were quarantined (the first 50).
         "quarantined": dict(list(quarantined.items())[:50]),
     }
-    etags = {i["uri"]: i["etag"] for i in items}
     coco = coco_for_variant(entries)
     ls_tasks, ls_report = coco_to_ls(coco, image_ref=lambda name: name)
     doc = {
@@ -291,7 +308,7 @@ def normalize_partition(
             + [
                 ProcessedObject(
                     uri=uri,
-                    etag=etags.get(uri, ""),
+                    etag=quarantined_etags.get(uri, ""),
                     status=STATUS_QUARANTINED,
                     reason=reason,
                     details={"kind": "normalize_source", "variant_name": variant},

@@ -60,6 +60,10 @@ class ObjectNotFound(FileNotFoundError):
     """The object does not exist (or is not visible with these credentials)."""
 
 
+class ObjectChanged(IntegrityError):
+    """The object's ETag is not the one it was listed (or recorded) with."""
+
+
 class FileChanged(OSError):
     """A local file's bytes differ from the digest its producer recorded."""
 
@@ -188,7 +192,11 @@ class ObjectStore:
                     options["endpoint"] = self.endpoint_url
                     options["virtual_hosted_style_request"] = False
                 else:
-                    options["virtual_hosted_style_request"] = True
+                    # As boto3 does on AWS: the bucket's own region (obstore does not
+                    # follow S3's region redirects), and path style for dotted names
+                    # (a virtual host a.b.s3... fails the TLS hostname check).
+                    options["region"] = self._bucket_region(bucket)
+                    options["virtual_hosted_style_request"] = "." not in bucket
                 credentials = self._session.get_credentials()
                 if credentials is None:
                     options["skip_signature"] = True
@@ -196,6 +204,15 @@ class ObjectStore:
                     options["credential_provider"] = _Boto3Credentials(credentials)
                 store = self._data_stores[bucket] = S3Store(bucket, **options)
             return store
+
+    def _bucket_region(self, bucket: str) -> str:
+        """The AWS region ``bucket`` lives in (S3 names it on HEAD, even on a redirect)."""
+        try:
+            resp = self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            resp = exc.response
+        headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        return headers.get("x-amz-bucket-region") or self.region
 
     # ------------------------------------------------------------------ buckets
     def ensure_bucket(self, bucket: str) -> None:
@@ -407,15 +424,18 @@ class ObjectStore:
             except ObstoreError as exc:  # the connection broke mid-body: retry from scratch
                 tmp.unlink(missing_ok=True)
                 raise IntegrityError(
-                    f"{uri}: transfer interrupted after {size} bytes: {exc}"
+                    f"{uri}: transfer interrupted after {size} bytes: {_first_line(exc)}"
                 ) from exc
+            except BaseException:  # e.g. the disk filled up: leave no partial file behind
+                tmp.unlink(missing_ok=True)
+                raise
             try:
                 if length >= 0 and size != length:
                     raise IntegrityError(f"{uri}: received {size} bytes, server said {length}")
                 if _PLAIN_MD5_ETAG.match(etag) and md5.hexdigest() != etag:
                     raise IntegrityError(f"{uri}: MD5 {md5.hexdigest()} does not match ETag {etag}")
                 if expected is not None and expected.etag and etag != expected.etag:
-                    raise IntegrityError(
+                    raise ObjectChanged(
                         f"{uri} changed while staging (ETag {expected.etag} listed, {etag} read)"
                     )
             except IntegrityError:

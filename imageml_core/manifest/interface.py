@@ -170,6 +170,11 @@ class ManifestStore(abc.ABC):
         """Take the named lease if nobody holds it, or its holder's lease is older than
         ``ttl_s`` seconds (a crashed holder). Atomic: one of many concurrent callers wins."""
 
+    @abc.abstractmethod
+    def release(self, step: Step, partition_key: str, name: str, holder: str) -> None:
+        """Give the named lease back if ``holder`` still holds it (a failed holder releases,
+        so a retry need not wait out the TTL)."""
+
     # manifests and lineage
     @abc.abstractmethod
     def publish(self, publication: ManifestPublication) -> bool:

@@ -353,6 +353,21 @@ class SqlManifestStore(ManifestStore):
             ).rowcount
             return taken == 1
 
+    def release(self, step: Step, partition_key: str, name: str, holder: str) -> None:
+        c = t.checkpoints.c
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(c.id, c.payload).where(
+                    c.stage == step.stage,
+                    c.step == step.name,
+                    c.partition_key == partition_key,
+                    c.name == f"lease:{name}",
+                )
+            ).all()
+            for row in rows:
+                if (row.payload or {}).get("holder") == holder:
+                    conn.execute(sa.delete(t.checkpoints).where(c.id == row.id))
+
     # ------------------------------------------------------------------ manifests
     def publish(self, publication: ManifestPublication) -> bool:
         p = publication

@@ -551,3 +551,14 @@ def test_claim_has_one_winner_and_a_stale_lease_is_taken_over(manifest_store) ->
         )
     assert takeovers.count(True) >= 1
     assert manifest_store.claim(NORMALIZE, "other", "compute", "x", 600) is True
+
+
+def test_release_gives_the_lease_back_only_from_its_holder(manifest_store) -> None:
+    from imageml_core.manifest import NORMALIZE
+
+    assert manifest_store.claim(NORMALIZE, "b", "compute", "run-1", 600) is True
+    manifest_store.release(NORMALIZE, "b", "compute", "someone-else")
+    assert manifest_store.claim(NORMALIZE, "b", "compute", "run-2", 600) is False
+    manifest_store.release(NORMALIZE, "b", "compute", "run-1")
+    assert manifest_store.claim(NORMALIZE, "b", "compute", "run-2", 600) is True
+    manifest_store.release(NORMALIZE, "b", "never-held", "run-2")  # nothing to give back

@@ -219,3 +219,16 @@ def test_chroma_subsampling_reaches_the_encoded_file(
     for variant in normalize_image(path, policy).variants:
         with Image.open(io.BytesIO(variant.data)) as img:
             assert JpegImagePlugin.get_sampling(img) == sampling  # 2 = 4:2:0, 0 = 4:4:4
+
+
+def test_scratch_buffers_stay_bounded_across_source_sizes(tmp_path: Path) -> None:
+    import imageml_core.normalize as normalize_module
+
+    policy = NormalizePolicy(tuple(parse_sizes("480p,320x240")))
+    counts = []
+    for i in range(6):  # PNGs: the general path, halved before the bilinear step
+        path = tmp_path / f"s{i}.png"
+        Image.fromarray(_gradient(2000 + 16 * i, 1500 + 12 * i)).save(path)
+        normalize_image(path, policy)
+        counts.append(len(normalize_module._scratch.arrays))
+    assert counts[-1] == counts[0], counts  # reused, not one more buffer per source size
