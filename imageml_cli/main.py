@@ -76,6 +76,16 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
             echo(f"      {asset}: {shown}")
             if "manifest_uri" in meta:
                 echo(f"      manifest: {meta['manifest_uri']}")
+        for check, meta in sorted(run.failed_checks.items()):
+            # The findings themselves (lists of URIs, quarantine reasons), first few of each.
+            found = {k: v for k, v in meta.items() if isinstance(v, list | dict) and v}
+            echo(f"      check FAILED {check}")
+            for key, value in found.items():
+                items = list(value.items()) if isinstance(value, dict) else list(value)
+                for item in items[:3]:
+                    echo(f"        {key}: {': '.join(item) if isinstance(item, tuple) else item}")
+                if len(items) > 3:
+                    echo(f"        {key}: ... {len(items) - 3} more")
     echo(f"  mirrored {summary.mirrored} Dagster materialization(s) into the manifest store")
     echo(f"  {len(summary.runs)} run(s) in {summary.seconds:.1f} s")
 

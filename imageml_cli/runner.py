@@ -42,6 +42,8 @@ class StageRun:
     run_id: str
     success: bool
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # per asset
+    # "<asset> <check>" -> the check's metadata, for every asset check that did not pass
+    failed_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,8 +190,20 @@ def _execute(
                     metadata.setdefault("error", {})["message"] = (
                         event.step_failure_data.error.message.strip()
                     )
+        failed_checks = {
+            f"{e.asset_key.to_user_string()} {e.check_name}": {
+                k: v.value for k, v in e.metadata.items()
+            }
+            for e in outcome.get_asset_check_evaluations()
+            if not e.passed
+        }
         summary.runs.append(
             StageRun(
-                "+".join(run_stages), str(partition), outcome.run_id, outcome.success, metadata
+                "+".join(run_stages),
+                str(partition),
+                outcome.run_id,
+                outcome.success,
+                metadata,
+                failed_checks,
             )
         )

@@ -213,6 +213,9 @@ def test_sources_changed_or_gone_since_augment_are_quarantined_and_the_batch_goe
     output = _run(env, tmp_path / "h")
     assert f"quarantined {changed}: changed since it was recorded" in output
     assert f"quarantined {gone}: no longer exists" in output
+    # The run's summary names the failing asset check and why, per variant partition.
+    assert output.count("check FAILED normalized_variants every_source_has_this_variant") == 3
+    assert f"quarantined: {gone}: no longer exists" in output
     published = store.manifests(NORMALIZE)
     assert len(published) == 3
     for m in published:
