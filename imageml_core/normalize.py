@@ -145,9 +145,8 @@ class Normalized:
     variants: tuple[VariantImage, ...]
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
-    w, h = img.size
-    orientation = img.getexif().get(0x0112, 1)
+def _oriented_size(stored: tuple[int, int], orientation: int) -> tuple[int, int]:
+    w, h = stored
     return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
 
 
@@ -194,7 +193,8 @@ def _decode(
     """Pixels (BGR uint8, oriented), oriented source size, decode path, reduction factor."""
     with Image.open(io.BytesIO(data)) as probe:
         fmt = probe.format
-        src_w, src_h = _oriented_size(probe)
+        orientation = probe.getexif().get(0x0112, 1)
+        src_w, src_h = _oriented_size(probe.size, orientation)
         if policy.fast_path and fmt in ("JPEG", "MPO") and probe.mode in _FAST_MODES:
             need = max(_needed_scale(v, src_w, src_h, policy.fit) for v in policy.variants)
             reduction = 1
@@ -208,7 +208,6 @@ def _decode(
             except ValueError:
                 pass  # e.g. a recoverable corruption warning: Pillow decides below
             else:
-                orientation = probe.getexif().get(0x0112, 1)
                 if orientation in _ORIENT:
                     pixels = _ORIENT[orientation](pixels)
                 return pixels, src_w, src_h, "fast", reduction

@@ -383,10 +383,9 @@ class ObjectStore:
 
         def one(job: tuple[Path, S3Uri]) -> bool:
             path, uri = job
-            digest = (digests or {}).get(path)
-            md5 = digest[0] if digest else _hash_file(path)[0]
+            digest = (digests or {}).get(path) or _hash_file(path)[:2]  # hashed once, used twice
             current = existing[uri] if existing is not None and uri in existing else self.head(uri)
-            if current is not None and current.etag == md5:
+            if current is not None and current.etag == digest[0]:
                 return False
             self.upload_file(
                 path, uri, content_type=content_type or _guess_type(path), digest=digest

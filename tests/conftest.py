@@ -124,3 +124,17 @@ def manifest_store(store_url: str) -> Iterator[SqlManifestStore]:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> Iterator[str]:
+    """A moto SQS server on a free port (SQS has no real server here); queues are per test."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -1,11 +1,13 @@
-"""Small builders shared by tests: real image bytes, ZIPs, table counts."""
+"""Small builders shared by tests: real image bytes, ZIPs, table counts, SQS clients."""
 
 from __future__ import annotations
 
 import io
 import random
 import zipfile
+from typing import Any
 
+import boto3
 import sqlalchemy as sa
 from PIL import Image
 
@@ -45,3 +47,15 @@ def table_counts(store: SqlManifestStore) -> dict[str, int]:
             name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
             for name, table in metadata.tables.items()
         }
+
+
+def sqs_client(endpoint: str) -> Any:
+    """A boto3 SQS client for the moto server (moto is the one stand-in we use: SQS has no
+    real server here); it accepts any credentials."""
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )

@@ -36,7 +36,7 @@ from imageml_core.events.parsing import (
     parse_message,
     sequencer_newer,
 )
-from imageml_core.events.planning import EventPlan, plan_events, plan_from_events
+from imageml_core.events.planning import EventPlan, plan_events
 from imageml_core.events.sqs import DeleteFailure, DeleteReport, ReceivedMessage, SqsEventSource
 
 __all__ = [
@@ -51,6 +51,5 @@ __all__ = [
     "consume_once",
     "parse_message",
     "plan_events",
-    "plan_from_events",
     "sequencer_newer",
 ]

@@ -82,29 +82,6 @@ def plan_events(
     return plan
 
 
-def plan_from_events(
-    events: Iterable[ObjectCreated],
-    objects_under: S3Uri,
-    manifest: ManifestStore,
-    max_objects: int,
-    max_bytes: int,
-    source: str = "event",
-) -> list[PlannedBatch]:
-    """The batches to launch for these events: newly planned ones, then resent ones.
-
-    See :func:`plan_events` for the rules and the counts.
-    """
-    plan = plan_events(
-        events,
-        objects_under,
-        manifest,
-        max_objects=max_objects,
-        max_bytes=max_bytes,
-        source=source,
-    )
-    return plan.batches + plan.resent
-
-
 def _unpublished_batches_with(
     manifest: ManifestStore, versions: set[ObjectVersion], *, exclude: set[str]
 ) -> list[PlannedBatch]:

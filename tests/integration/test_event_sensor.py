@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 
-import boto3
 import dagster as dg
 import pytest
-from moto.server import ThreadedMotoServer
 
 from imageml_assets.definitions import build_definitions, build_resources
 from imageml_core.manifest import INGEST
 from imageml_core.object_store import ObjectStore
 from imageml_core.settings import Settings
 from imageml_resources.manifest_store import open_manifest_store
-from tests.helpers import jpeg_bytes
-
-
-@pytest.fixture(scope="module")
-def sqs_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+from tests.helpers import jpeg_bytes, sqs_client
 
 
 def _s3_event(bucket: str, key: str, etag: str, size: int, seq: int) -> str:
@@ -69,13 +55,7 @@ def _eventbridge_event(bucket: str, key: str, etag: str, size: int, seq: int) ->
 def settings(
     s3_env: dict[str, str], sqs_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=sqs_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    sqs = sqs_client(sqs_endpoint)
     queue_url = sqs.create_queue(QueueName=f"raw-events-{random.randrange(10**9)}")["QueueUrl"]
     env = {
         **s3_env,
@@ -115,13 +95,7 @@ def test_duplicated_shuffled_events_process_each_object_once_then_polling_adds_n
     ]
     bodies += random.Random(1).sample(bodies, 5)  # 5 duplicates
     random.Random(2).shuffle(bodies)
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=settings.sqs_endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    sqs = sqs_client(settings.sqs_endpoint_url)
     for start in range(0, len(bodies), 10):
         sqs.send_message_batch(
             QueueUrl=settings.raw_events_queue_url,
@@ -171,13 +145,7 @@ def test_a_tick_lost_before_commit_redelivers_and_re_requests_the_same_batch(
     settings: Settings, object_store: ObjectStore
 ) -> None:
     info = object_store.put_bytes(settings.raw_uri.join("x.jpg"), jpeg_bytes(1))
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=settings.sqs_endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    sqs = sqs_client(settings.sqs_endpoint_url)
     sqs.send_message(
         QueueUrl=settings.raw_events_queue_url,
         MessageBody=_s3_event(settings.raw_uri.bucket, info.uri.key, info.etag, info.size, 1),

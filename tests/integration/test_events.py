@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from imageml_core.discovery import DiscoveryCursor, PlannedBatch, discover
 from imageml_core.events import (
@@ -30,7 +28,6 @@ from imageml_core.events import (
     consume_once,
     parse_message,
     plan_events,
-    plan_from_events,
     sequencer_newer,
 )
 from imageml_core.manifest import (
@@ -41,7 +38,7 @@ from imageml_core.manifest import (
 )
 from imageml_core.object_store import ObjectInfo, ObjectStore
 from imageml_core.uris import S3Uri
-from tests.helpers import jpeg_bytes
+from tests.helpers import jpeg_bytes, sqs_client
 
 REGION = "us-east-1"
 DUMMY_KEY = "testing"  # moto accepts any credentials; passed explicitly, never via os.environ
@@ -278,7 +275,8 @@ def test_plan_filters_prefix_and_keeps_latest_event_per_key(sqlite_store: SqlMan
     )
     # Once ingest published the batch, the same events plan and resend nothing at all.
     _publish(sqlite_store, [batch])
-    assert plan_from_events(events, raw, sqlite_store, 10, 10**9) == []
+    done = plan_events(events, raw, sqlite_store, max_objects=10, max_bytes=10**9)
+    assert done.batches + done.resent == []
 
 
 def _publish(store: SqlManifestStore, batches: list[PlannedBatch]) -> None:
@@ -298,30 +296,11 @@ def _publish(store: SqlManifestStore, batches: list[PlannedBatch]) -> None:
 
 
 # --------------------------------------------------------------------------- SQS server
-@pytest.fixture(scope="module")
-def sqs_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def _sqs_client(endpoint: str) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=DUMMY_KEY,
-        aws_secret_access_key=DUMMY_KEY,
-    )
 
 
 @pytest.fixture
 def sqs(sqs_endpoint: str) -> Iterator[SqsEventSource]:
-    client = _sqs_client(sqs_endpoint)
+    client = sqs_client(sqs_endpoint)
     url = client.create_queue(QueueName=f"raw-events-{uuid.uuid4().hex[:12]}")["QueueUrl"]
     try:
         yield SqsEventSource(
