@@ -1,54 +1,19 @@
-"""The code location: every asset, check, sensor, job and resource (``workspace.yaml``)."""
+"""The code location (``workspace.yaml``): each stage's definitions, merged, with the
+resources built from the settings in one place.
+
+Each stage's wiring lives in ``defs/<stage>/`` and exposes ``build_defs(settings)``;
+settings are read (and validated: a bad value fails the load with one clear message) once.
+"""
 
 import os
 
 import dagster as dg
 
-from imageml_assets.augment import augmented_images
-from imageml_assets.events import raw_events_sensor
-from imageml_assets.ingest import raw_images, raw_objects_sensor
-from imageml_assets.jobs import ingest_and_augment_job
-from imageml_assets.mirror import build_mirror_sensor
-from imageml_assets.normalize import build_normalize_definitions
+from imageml_assets.defs import augment, ingest, mirror, normalize
 from imageml_core.settings import Settings
-from imageml_core.sizes import parse_sizes
-from imageml_resources import (
-    AugmentationResource,
-    DataLayoutResource,
-    EventQueueResource,
-    ManifestStoreResource,
-    NormalizationResource,
-    NvmeStagingResource,
-    ObjectStoreResource,
-)
+from imageml_resources import build_resources
 
-
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    return {
-        "object_store": ObjectStoreResource(
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.aws_region,
-            max_concurrency=settings.s3_max_concurrency,
-        ),
-        "nvme": NvmeStagingResource(root=str(settings.nvme_root), min_free_gb=settings.nvme_min_gb),
-        "manifest_store": ManifestStoreResource(url=settings.manifest_db_url),
-        "layout": DataLayoutResource.from_settings(settings),
-        "augmentation": AugmentationResource(
-            pipeline=settings.augment_pipeline, copies=settings.augment_copies
-        ),
-        "event_queue": EventQueueResource(
-            queue_url=settings.raw_events_queue_url,
-            endpoint_url=settings.sqs_endpoint_url,
-            region=settings.aws_region,
-        ),
-        "normalization": NormalizationResource(
-            sizes=settings.normalize_sizes,
-            fit=settings.normalize_fit,
-            quality=settings.normalize_quality,
-            chroma=settings.normalize_chroma,
-            workers=settings.normalize_workers,
-        ),
-    }
+__all__ = ["build_definitions", "build_resources", "defs"]
 
 
 def _executor() -> dg.ExecutorDefinition | None:
@@ -66,23 +31,18 @@ def _executor() -> dg.ExecutorDefinition | None:
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Every asset, check, job and sensor of every stage, with their resources."""
     settings = settings or Settings.from_env()
-    variants = [v.name for v in parse_sizes(settings.normalize_sizes)]
-    normalized_variants, normalize_job, augmented_batches_sensor = build_normalize_definitions(
-        variants
+    stages = dg.Definitions.merge(
+        ingest.build_defs(settings),
+        augment.build_defs(settings),
+        normalize.build_defs(settings),
     )
-    assets = [raw_images, augmented_images, normalized_variants]
-    return dg.Definitions(
-        assets=assets,
-        jobs=[ingest_and_augment_job, normalize_job],
-        sensors=[
-            raw_objects_sensor,
-            raw_events_sensor,
-            augmented_batches_sensor,
-            build_mirror_sensor([a.key for a in assets]),
-        ],
-        resources=build_resources(settings),
-        executor=_executor(),
+    asset_keys = [a.key for a in stages.assets or []]  # type: ignore[union-attr]
+    return dg.Definitions.merge(
+        stages,
+        mirror.build_defs(asset_keys),
+        dg.Definitions(resources=build_resources(settings), executor=_executor()),
     )
 
 

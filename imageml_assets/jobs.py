@@ -1,4 +1,4 @@
-"""Jobs the sensors target."""
+"""Jobs the sensors target (shared by the ingest and augment wiring)."""
 
 import dagster as dg
 

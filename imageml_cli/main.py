@@ -16,13 +16,13 @@ from pathlib import Path
 import click
 
 from imageml_cli.runner import RunSummary
-from imageml_core.archives import InvalidArchive
-from imageml_core.augment import PipelineConfigError
-from imageml_core.embedded_s3 import EmbeddedServiceError
-from imageml_core.ingest import UnknownBatch
 from imageml_core.settings import ConfigError, Settings
-from imageml_core.staging import InsufficientStagingSpace
+from imageml_core.stages.augment.pipeline import PipelineConfigError
+from imageml_core.stages.ingest.archives import InvalidArchive
+from imageml_core.stages.ingest.batch import UnknownBatch
+from imageml_core.storage.staging import InsufficientStagingSpace
 from imageml_core.uris import InvalidS3Uri
+from imageml_dev.embedded_s3 import EmbeddedServiceError
 
 _USER_ERRORS = (
     ConfigError,
@@ -68,10 +68,13 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
             if asset == "error":
                 echo(f"      error: {meta['message']}")
                 continue
+            # Counts only; Dagster's own keys (dagster/row_count) repeat one of them.
             shown = {
                 k: v
                 for k, v in meta.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
+                if isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and not k.startswith("dagster/")
             }
             echo(f"      {asset}: {shown}")
             if "manifest_uri" in meta:
@@ -106,11 +109,11 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
 @click.option("--until", default=None, help="Last stage to run [default: every stage that exists].")
 def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
     """Generate a labelled image set and run every stage on embedded services."""
-    from imageml_cli.embedded import embedded_stack
     from imageml_cli.runner import STAGES, open_instance, run_pipeline
-    from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE
-    from imageml_core.object_store import ObjectStore
-    from imageml_core.synthetic import generate_dataset
+    from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, STATUS_QUARANTINED
+    from imageml_core.storage.object_store import ObjectStore
+    from imageml_dev.stack import embedded_stack
+    from imageml_dev.synthetic import generate_dataset
     from imageml_resources.manifest_store import open_manifest_store
 
     work = Path(home) if home else _home(None, "demo")
@@ -134,17 +137,16 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
         click.echo("  second pass (nothing is new, so nothing runs):")
         again = run_pipeline(settings, instance, until=last, echo=lambda m: click.echo(f"  {m}"))
         manifest = open_manifest_store(settings.manifest_db_url)
-        quarantined = [
-            r for r in manifest.processed_objects(INGEST) if r["status"] == "quarantined"
-        ]
-        registered = [r for r in manifest.processed_objects(INGEST) if r["status"] == "ok"]
+        ingested = manifest.processed_objects(INGEST)
+        quarantined = [r for r in ingested if r.status == STATUS_QUARANTINED]
+        registered = [r for r in ingested if r.ok]
         click.echo(
             f"\nSummary: {len(manifest.manifests(INGEST))} ingest batch(es), {len(registered)} objects "
             f"registered, {len(quarantined)} quarantined, {len(manifest.processed_objects(AUGMENT))} "
             f"augmented images, {len(manifest.processed_objects(NORMALIZE))} normalized variants"
         )
         for r in quarantined:
-            click.echo(f"  quarantined {r['object_uri']}: {r['reason']}")
+            click.echo(f"  quarantined {r.uri}: {r.reason}")
         click.echo(f"  rerun launched {len(again.runs)} run(s)")
         click.echo(
             f"  lineage example: imageml lineage --home {work} {settings.raw_uri}/synthetic/shapes-archive.zip"
@@ -207,22 +209,22 @@ def lineage(uri: str, as_json: bool, home: str | None) -> None:
     store = open_manifest_store(settings.manifest_db_url)
     found = store.lineage(uri)
     if as_json:
-        click.echo(json.dumps(found, indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps(found.to_json(), indent=2, sort_keys=True, default=str))
         return
-    if not found["records"] and not found["upstream"] and not found["downstream"]:
+    if found.empty:
         raise click.ClickException(
             f"{uri} is not in the manifest store at {settings.manifest_db_url}"
         )
     click.echo(uri)
-    for r in found["records"]:
-        why = f" ({r['reason']})" if r["reason"] else ""
+    for r in found.records:
+        why = f" ({r.reason})" if r.reason else ""
         click.echo(
-            f"  stage {r['stage']} {r['step']}: {r['status']}{why}  batch {r['partition_key']}  etag {r['etag']}"
+            f"  stage {r.stage} {r.step}: {r.status}{why}  batch {r.partition_key}  etag {r.etag}"
         )
-    for e in found["upstream"]:
-        click.echo(f"  <- {e['input_uri']}  (stage {e['stage']} {e['step']}, run {e['run_id']})")
-    for e in found["downstream"]:
-        click.echo(f"  -> {e['output_uri']}  (stage {e['stage']} {e['step']}, run {e['run_id']})")
+    for e in found.upstream:
+        click.echo(f"  <- {e.input_uri}  (stage {e.stage} {e.step}, run {e.run_id})")
+    for e in found.downstream:
+        click.echo(f"  -> {e.output_uri}  (stage {e.stage} {e.step}, run {e.run_id})")
 
 
 @cli.command()
@@ -233,8 +235,8 @@ def lineage(uri: str, as_json: bool, home: str | None) -> None:
 @click.option("--s3-port", default=8333, show_default=True, help="S3 port (a free one if taken).")
 def dev(home: str | None, port: int, s3_port: int) -> None:
     """Embedded services plus the Dagster UI, until Ctrl-C."""
-    from imageml_cli.embedded import embedded_stack
     from imageml_cli.runner import open_instance
+    from imageml_dev.stack import embedded_stack
 
     work = Path(home) if home else _home(None, "dev")
     with embedded_stack(work, s3_port=s3_port) as settings:

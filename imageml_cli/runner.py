@@ -18,10 +18,14 @@ from typing import Any
 import dagster as dg
 
 from imageml_assets.definitions import build_definitions, build_resources
-from imageml_assets.mirror import mirror_materializations
-from imageml_core.augment_stage import config_tag
+from imageml_assets.defs.mirror import mirror_materializations
+from imageml_assets.defs.normalize import NORMALIZE_JOB
+from imageml_assets.jobs import ingest_and_augment_job
+from imageml_assets.partitions import ingest_batches
 from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, ManifestStore
+from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
+from imageml_resources import open_manifest_store
 
 # Stages in pipeline order and the assets each one materializes.
 STAGES: dict[str, list[str]] = {
@@ -30,8 +34,6 @@ STAGES: dict[str, list[str]] = {
     "normalize": ["normalized_variants"],
 }
 STAGE1 = ("ingest", "augment")
-JOB = "ingest_and_augment_job"
-NORMALIZE_JOB = "normalize_job"
 SENSOR = "raw_objects_sensor"
 
 
@@ -73,22 +75,30 @@ def _stages_until(until: str) -> list[str]:
     return names[: names.index(until) + 1]
 
 
-def _behind(store: ManifestStore, stage: str, resources: dict[str, Any]) -> list[str]:
-    """Partitions ``stage`` has not published for its current configuration."""
-    ingested = [m["partition_key"] for m in store.manifests(INGEST)]
-    tag = config_tag(resources["augmentation"].get_pipeline())
-    augmented = [b for b in ingested if store.get_manifest(AUGMENT, f"{b}@{tag}") is not None]
-    if stage == "augment":
-        return [b for b in ingested if b not in augmented]
-    if stage == "normalize":
-        policy = resources["normalization"].get_policy()
-        return [
-            f"{b}|{v.name}"
-            for b in augmented
-            for v in policy.variants
-            if store.get_manifest(NORMALIZE, f"{b}|{v.name}@{policy.variant_hash(v)[:12]}") is None
-        ]
-    return []
+def _augment_behind(store: ManifestStore, resources: dict[str, Any]) -> list[str]:
+    """Ingested batches without an augment manifest for the current pipeline."""
+    tag = resources["augmentation"].get_pipeline().tag
+    return [
+        m.partition_key
+        for m in store.manifests(INGEST)
+        if store.get_manifest(AUGMENT, str(AugmentKey(m.partition_key, tag))) is None
+    ]
+
+
+def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[NormalizeKey]:
+    """(batch, variant) partitions not published for the current policy, of every batch
+    augmented with the current pipeline."""
+    tag = resources["augmentation"].get_pipeline().tag
+    policy = resources["normalization"].get_policy()
+    augmented = [
+        m.partition_key
+        for m in store.manifests(INGEST)
+        if store.get_manifest(AUGMENT, str(AugmentKey(m.partition_key, tag))) is not None
+    ]
+    keys = [
+        NormalizeKey(b, v.name, policy.variant_hash(v)) for b in augmented for v in policy.variants
+    ]
+    return [k for k in keys if store.get_manifest(NORMALIZE, str(k)) is None]
 
 
 def run_pipeline(
@@ -103,8 +113,8 @@ def run_pipeline(
     started = time.monotonic()
     defs = build_definitions(settings)
     resources = build_resources(settings)
-    store = resources["manifest_store"].get_store()
-    job = defs.resolve_job_def(JOB)
+    store = open_manifest_store(settings.manifest_db_url)
+    job = defs.resolve_job_def(ingest_and_augment_job.name)
     summary = RunSummary()
 
     sensor = defs.resolve_sensor_def(SENSOR)
@@ -128,7 +138,7 @@ def run_pipeline(
     echo(f"[ingest] {len(work)} new batch(es)")
     if "augment" in stages:
         scheduled = {key for key, _, _ in work}
-        behind = [b for b in _behind(store, "augment", resources) if b not in scheduled]
+        behind = [b for b in _augment_behind(store, resources) if b not in scheduled]
         if behind:
             echo(f"[augment] {len(behind)} earlier batch(es) to catch up")
         work += [(b, ["augment"], {"imageml/trigger": "catch-up"}) for b in behind]
@@ -136,15 +146,14 @@ def run_pipeline(
 
     if "normalize" in stages:
         # After stage 1 ran: every published augment shard x every configured variant.
-        pending = _behind(store, "normalize", resources)
+        pending = _normalize_behind(store, resources)
         echo(f"[normalize] {len(pending)} (batch, variant) partition(s)")
         for key in pending:
-            batch = key.split("|")[0]
-            if not instance.has_dynamic_partition("ingest_batches", batch):
-                instance.add_dynamic_partitions("ingest_batches", [batch])
+            if not instance.has_dynamic_partition(ingest_batches.name, key.batch_id):
+                instance.add_dynamic_partitions(ingest_batches.name, [key.batch_id])
         normalize_work = [
             (
-                dg.MultiPartitionKey({"batch": k.split("|")[0], "variant": k.split("|")[1]}),
+                dg.MultiPartitionKey({"batch": k.batch_id, "variant": k.variant}),
                 ["normalize"],
                 {"imageml/trigger": "run"},
             )

@@ -27,6 +27,11 @@ PRESETS: dict[str, tuple[int, int]] = {
 MAX_SIDE = 16384  # JPEG's own limit is 65535; past 16k px nothing downstream is sane
 _FIXED = re.compile(r"^(\d+)x(\d+)$")
 FIT_POLICIES = ("letterbox", "crop")
+#: JPEG chroma subsampling of normalized variants (``NORMALIZE_CHROMA``) and the JPEG
+#: quality range (``NORMALIZE_QUALITY``): the settings and the normalize policy both check
+#: against these, so the rule lives here once.
+CHROMA_SUBSAMPLINGS = ("420", "444")
+JPEG_QUALITY_MIN, JPEG_QUALITY_MAX = 1, 100
 
 
 class InvalidSizeToken(ValueError):
@@ -65,6 +70,7 @@ class SizeVariant:
 
 
 def parse_size_token(token: str) -> SizeVariant:
+    """One token (``1080p``, ``800x600``); raises :class:`InvalidSizeToken` naming it."""
     raw = token
     token = token.strip().lower()
     if not token:

@@ -3,19 +3,21 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from imageml_core.augment import AugmentPipeline, load_pipeline
+from imageml_core.stages.augment.pipeline import AugmentPipeline, load_pipeline
 
 
 class AugmentationResource(dg.ConfigurableResource):
     """``pipeline`` is ``AUGMENT_PIPELINE`` (a built-in name or a YAML path); ``copies`` is
     ``AUGMENT_COPIES`` and overrides the pipeline file's count when set."""
 
-    pipeline: str = "default"
+    pipeline: str
     copies: int | None = None
 
     _loaded: AugmentPipeline | None = PrivateAttr(default=None)
 
     def get_pipeline(self) -> AugmentPipeline:
+        """The loaded pipeline (once per resource); raises
+        :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError`."""
         if self._loaded is None:
             self._loaded = load_pipeline(self.pipeline, copies=self.copies)
         return self._loaded

@@ -3,13 +3,13 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from imageml_core.events import SqsEventSource
+from imageml_core.discovery.events import SqsEventSource
 
 
 class EventQueueResource(dg.ConfigurableResource):
-    """``queue_url`` is ``RAW_EVENTS_QUEUE_URL`` (empty = event mode off; polling still
-    runs). ``endpoint_url`` is ``SQS_ENDPOINT_URL`` (empty = AWS). Credentials come from
-    boto3's default chain, as for the object store."""
+    """``queue_url`` is ``RAW_EVENTS_QUEUE_URL`` (passed as ``dg.EnvVar``; empty = event
+    mode off, polling still runs). ``endpoint_url`` is ``SQS_ENDPOINT_URL`` (empty = AWS).
+    Credentials come from boto3's default chain, as for the object store."""
 
     queue_url: str | None = None
     endpoint_url: str | None = None
@@ -19,7 +19,12 @@ class EventQueueResource(dg.ConfigurableResource):
 
     _source: SqsEventSource | None = PrivateAttr(default=None)
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.queue_url)
+
     def get_source(self) -> SqsEventSource:
+        """The queue client; raises ``ValueError`` when event mode is off."""
         if not self.queue_url:
             raise ValueError("RAW_EVENTS_QUEUE_URL is not set")
         if self._source is None:

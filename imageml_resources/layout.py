@@ -1,7 +1,8 @@
 """Where each tier lives in the object store, and the limits that shape batches.
 
-Not an external system but configuration every asset reads; one resource keeps it in one
-place instead of each asset re-reading environment variables.
+Not an external system but configuration every asset and sensor reads; one resource keeps
+it in one place instead of each asset re-reading environment variables. Defaults and
+validation live in :class:`imageml_core.settings.Settings`, which builds it.
 """
 
 import dagster as dg
@@ -11,6 +12,9 @@ from imageml_core.uris import S3Uri, parse_s3_uri
 
 
 class DataLayoutResource(dg.ConfigurableResource):
+    """Tier URIs (``s3://bucket/prefix``), the dataset name, ingest batch limits (objects,
+    MiB), the polling sensor's full-scan period (ticks) and the bomb limit (pixels)."""
+
     raw_uri: str
     bronze_uri: str
     augmented_uri: str
@@ -19,11 +23,11 @@ class DataLayoutResource(dg.ConfigurableResource):
     inference_input_uri: str
     hitl_uri: str
     final_output_uri: str | None = None
-    dataset_name: str = "imageml"
-    ingest_batch_max_objects: int = 256
-    ingest_batch_max_mb: int = 2048
-    raw_full_scan_every_ticks: int = 60
-    max_image_pixels: int = 178_956_970
+    dataset_name: str
+    ingest_batch_max_objects: int
+    ingest_batch_max_mb: int
+    raw_full_scan_every_ticks: int
+    max_image_pixels: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DataLayoutResource":
@@ -46,3 +50,7 @@ class DataLayoutResource(dg.ConfigurableResource):
     def uri(self, name: str) -> S3Uri:
         """``uri("raw")`` -> the parsed ``raw_uri``."""
         return parse_s3_uri(getattr(self, f"{name}_uri"))
+
+    @property
+    def ingest_batch_max_bytes(self) -> int:
+        return self.ingest_batch_max_mb * 1024 * 1024

@@ -23,7 +23,9 @@ def open_manifest_store(url: str) -> SqlManifestStore:
 
 
 class ManifestStoreResource(dg.ConfigurableResource):
-    """``url`` is ``MANIFEST_DB_URL`` (a SQLAlchemy URL). The schema is upgraded on first use."""
+    """``url`` is ``MANIFEST_DB_URL`` (a SQLAlchemy URL, often with a password): pass it as
+    ``dg.EnvVar("MANIFEST_DB_URL")`` so the UI and run config show the variable's name,
+    never its value. The schema is upgraded on first use."""
 
     url: str
 

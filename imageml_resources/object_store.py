@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from imageml_core.object_store import ObjectStore
+from imageml_core.storage.object_store import ObjectStore
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
@@ -16,7 +16,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
     """
 
     endpoint_url: str | None = None
-    region: str = "us-east-1"
+    region: str
     max_concurrency: int = 16
     max_attempts: int = 5
 

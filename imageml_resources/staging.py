@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from imageml_core.staging import NvmeStaging
+from imageml_core.storage.staging import NvmeStaging
 
 
 class NvmeStagingResource(dg.ConfigurableResource):

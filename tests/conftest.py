@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from imageml_core.embedded_s3 import EmbeddedS3
 from imageml_core.manifest import SqlManifestStore
-from imageml_core.object_store import ObjectStore
+from imageml_core.storage.object_store import ObjectStore
+from imageml_dev.embedded_s3 import EmbeddedS3
 
 PG_ADMIN_URL = os.environ.get(
     "IMAGEML_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
@@ -31,6 +32,44 @@ def polygon_control_name(
     return polygon_from_name or f"{from_name}_polygon"
 
 
+#: Control tag per Label Studio result ``type`` (what an inferred config declares).
+CONTROL_TAGS = {
+    "rectanglelabels": "RectangleLabels",
+    "polygonlabels": "PolygonLabels",
+    "keypointlabels": "KeyPointLabels",
+    "brushlabels": "BrushLabels",
+    "labels": "Labels",
+}
+
+
+def render_label_config(
+    images: Iterable[str],
+    controls: Iterable[tuple[str, str, str, Mapping[str, Any]]],
+    *,
+    data_keys: Mapping[str, str] | None = None,
+) -> str:
+    """The one writer of Label Studio labelling configs (XML); every attribute is escaped.
+
+    ``images`` are ``<Image>`` tag names, each reading task ``data[data_keys.get(name,
+    name)]``; ``controls`` are ``(tag, name, to_name, labels)`` with ``labels`` mapping a
+    label value to its COCO category id (an int, written as the ``category`` attribute,
+    which the SDK's COCO export uses as the category id) or None.
+    """
+    keys = data_keys or {}
+    body = "".join(
+        f"  <Image name={quoteattr(n)} value={quoteattr('$' + keys.get(n, n))}/>\n" for n in images
+    )
+    for tag, name, to_name, labels in controls:
+        body += f"  <{tag} name={quoteattr(name)} toName={quoteattr(to_name)}>\n"
+        for value, cid in labels.items():
+            category = (
+                f' category="{cid}"' if isinstance(cid, int) and not isinstance(cid, bool) else ""
+            )
+            body += f"    <Label value={quoteattr(value)}{category}/>\n"
+        body += f"  </{tag}>\n"
+    return f"<View>\n{body}</View>\n"
+
+
 def label_config_for(
     categories: Iterable[str] | Iterable[Mapping[str, Any]],
     kind: RegionKind = "rectangle",
@@ -48,26 +87,41 @@ def label_config_for(
     comes from task ``data[data_key]``; region values are percent of the original size.
     COCO category dicts with integer ids give each label a ``category`` attribute, which
     the SDK's COCO export uses as the category id (so a round trip keeps the ids).
+    Raises ``ValueError`` for an unknown ``kind``.
     """
-    labels = "".join(
-        f"    <Label value={quoteattr(name)}"
-        + (f' category="{cid}"' if isinstance(cid, int) and not isinstance(cid, bool) else "")
-        + "/>\n"
-        for name, cid in category_names(categories).items()
-    )
-    controls: list[tuple[str, str]] = []
+    labels = category_names(categories)
+    controls: list[tuple[str, str, str, Mapping[str, Any]]] = []
     if kind in ("rectangle", "rectangle+polygon"):
-        controls.append(("RectangleLabels", from_name))
+        controls.append(("RectangleLabels", from_name, to_name, labels))
     if kind in ("polygon", "rectangle+polygon"):
-        controls.append(("PolygonLabels", polygon_control_name(kind, from_name, polygon_from_name)))
+        name = polygon_control_name(kind, from_name, polygon_from_name)
+        controls.append(("PolygonLabels", name, to_name, labels))
     if not controls:
         raise ValueError(f"kind must be rectangle, polygon or rectangle+polygon, not {kind!r}")
-    body = f"  <Image name={quoteattr(to_name)} value={quoteattr('$' + data_key)}/>\n"
-    for tag, name in controls:
-        body += (
-            f"  <{tag} name={quoteattr(name)} toName={quoteattr(to_name)}>\n{labels}  </{tag}>\n"
-        )
-    return f"<View>\n{body}</View>\n"
+    return render_label_config([to_name], controls, data_keys={to_name: data_key})
+
+
+def infer_label_config(tasks: Sequence[Mapping[str, Any]]) -> str:
+    """A labelling config covering every (from_name, to_name, type, label) the tasks'
+    annotations and predictions use (for an export that came without its config).
+
+    Result types without a control tag in :data:`CONTROL_TAGS` are left out (the converter
+    reports their regions as not converted)."""
+    tags: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for task in tasks:
+        for ann in [*task.get("annotations", []), *task.get("predictions", [])]:
+            for result in ann.get("result", []):
+                kind = result.get("type", "")
+                value = result.get("value", {})
+                labels = value.get(kind) or value.get("labels") or []
+                key = (result.get("from_name", "label"), result.get("to_name", "image"), kind)
+                tags[key].update(labels)
+    controls = [
+        (CONTROL_TAGS[kind], from_name, to_name, dict.fromkeys(sorted(labels)))
+        for (from_name, to_name, kind), labels in sorted(tags.items())
+        if kind in CONTROL_TAGS
+    ]
+    return render_label_config(sorted({to for _, to, _ in tags} or {"image"}), controls)
 
 
 def validate_tasks(tasks: Sequence[Mapping[str, Any]], label_config: str) -> list[str]:

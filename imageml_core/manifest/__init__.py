@@ -1,4 +1,12 @@
-"""The manifest store: lineage, dataset versions and idempotency (spec 001)."""
+"""The manifest store: lineage, dataset versions and idempotency (spec 001).
+
+- :mod:`.interface` — the store's role protocols and the typed rows it returns
+- :mod:`.sql_store` — the SQLAlchemy implementation (PostgreSQL, SQLite), :mod:`.schema`
+  and Alembic ``migrations/``
+- :mod:`.documents` — each stage's typed manifest document
+- :mod:`.keys` — partition keys and storage locations, built and parsed in one place
+- :mod:`.publish` — the one publication path every stage uses (DESIGN.md section 7)
+"""
 
 from imageml_core.manifest.interface import (
     AUGMENT,
@@ -7,14 +15,26 @@ from imageml_core.manifest.interface import (
     NORMALIZE,
     STATUS_OK,
     STATUS_QUARANTINED,
+    STATUS_SKIPPED,
     TRAIN,
     BatchMember,
+    BatchPlans,
+    Checkpoints,
+    DatasetVersion,
+    Ledger,
+    LedgerRecord,
+    Lineage,
     LineageEdge,
+    LineageGraph,
+    LineageRecord,
     ManifestPublication,
+    ManifestRecord,
     ManifestStore,
+    MaterializationMirror,
     MirroredMaterialization,
     ObjectVersion,
     ProcessedObject,
+    Publications,
     Step,
 )
 from imageml_core.manifest.sql_store import SqlManifestStore, normalize_db_url
@@ -26,14 +46,26 @@ __all__ = [
     "NORMALIZE",
     "STATUS_OK",
     "STATUS_QUARANTINED",
+    "STATUS_SKIPPED",
     "TRAIN",
     "BatchMember",
+    "BatchPlans",
+    "Checkpoints",
+    "DatasetVersion",
+    "Ledger",
+    "LedgerRecord",
+    "Lineage",
     "LineageEdge",
+    "LineageGraph",
+    "LineageRecord",
     "ManifestPublication",
+    "ManifestRecord",
     "ManifestStore",
+    "MaterializationMirror",
     "MirroredMaterialization",
     "ObjectVersion",
     "ProcessedObject",
+    "Publications",
     "SqlManifestStore",
     "Step",
     "normalize_db_url",

@@ -1,15 +1,20 @@
-"""The manifest-store adapter interface (spec 001 "Manifest Store Integration").
+"""The manifest-store interface (spec 001 "Manifest Store Integration"), as role protocols.
 
-Stages talk to this interface only, so the SQLAlchemy implementation can be swapped for a
-manifest-store service without touching stage code.
+Stages talk to these protocols only, so the SQLAlchemy implementation can be swapped for a
+manifest-store service without touching stage code. Each role is a small protocol (the
+ledger, batch plans, checkpoints and leases, publications, lineage, the Dagster mirror);
+:class:`ManifestStore` is all of them. Every read returns typed rows (frozen dataclasses),
+never bare dicts; JSON columns (``details``, checkpoint payloads) stay mappings, and the
+stage documents in :mod:`imageml_core.manifest.documents` give them their types.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ INFER = Step(4, "infer")
 
 STATUS_OK = "ok"
 STATUS_QUARANTINED = "quarantined"
+STATUS_SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,8 @@ class ObjectVersion:
 
 @dataclass(frozen=True)
 class ProcessedObject:
-    """A ledger entry: ``uri`` at ``etag`` was handled by a step with this outcome."""
+    """A ledger entry to write: ``uri`` at ``etag`` was handled by a step with this outcome
+    (``status`` ok, quarantined or skipped; ``reason`` says why when not ok)."""
 
     uri: str
     etag: str
@@ -58,14 +65,84 @@ class ProcessedObject:
 
 
 @dataclass(frozen=True)
+class LedgerRecord:
+    """A ledger entry as stored: a :class:`ProcessedObject` plus where it was recorded."""
+
+    stage: int
+    step: str
+    uri: str
+    etag: str
+    status: str
+    reason: str | None
+    content_sha256: str | None
+    partition_key: str | None
+    run_id: str | None
+    details: Mapping[str, Any]
+    created_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO 8601 strings)."""
+        out = asdict(self)
+        out["details"] = dict(self.details)
+        out["created_at"] = self.created_at.isoformat() if self.created_at else None
+        return out
+
+
+@dataclass(frozen=True)
 class LineageEdge:
+    """``output_uri`` was made from ``input_uri`` by ``step``."""
+
     input_uri: str
     output_uri: str
     step: Step
 
 
 @dataclass(frozen=True)
+class LineageRecord:
+    """A stored lineage edge, with the run and partition that made it."""
+
+    input_uri: str
+    output_uri: str
+    stage: int
+    step: str
+    run_id: str | None
+    partition_key: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Everything the store knows about one URI: its ledger records, the edges that lead
+    to it (``upstream``, nearest first) and those that lead from it (``downstream``)."""
+
+    uri: str
+    records: list[LedgerRecord]
+    upstream: list[LineageRecord]
+    downstream: list[LineageRecord]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.records or self.upstream or self.downstream)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "records": [r.to_json() for r in self.records],
+            "upstream": [e.to_json() for e in self.upstream],
+            "downstream": [e.to_json() for e in self.downstream],
+        }
+
+
+@dataclass(frozen=True)
 class BatchMember:
+    """One object of a planned batch: URI, ETag, size in bytes."""
+
     uri: str
     etag: str
     size: int
@@ -87,7 +164,43 @@ class ManifestPublication:
 
 
 @dataclass(frozen=True)
+class ManifestRecord:
+    """A published manifest: one per (step, partition). ``details`` is the document's
+    summary (read it through the document type's ``Summary.from_json``)."""
+
+    id: int
+    stage: int
+    step: str
+    partition_key: str
+    manifest_uri: str | None
+    content_sha256: str
+    details: Mapping[str, Any]
+    run_id: str | None
+    dataset_version_id: int | None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """A dataset version: ``version`` is ``<step>/<partition key>``; ``object_count``
+    counts the ok ledger entries it published."""
+
+    id: int
+    dataset_id: int
+    version: str
+    stage: int
+    step: str
+    object_count: int
+    manifest_uri: str | None
+    details: Mapping[str, Any]
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class MirroredMaterialization:
+    """A Dagster materialization event copied into the store; ``storage_id`` is Dagster's
+    event-log id, ``timestamp`` seconds since the epoch."""
+
     storage_id: int
     asset_key: str
     partition_key: str | None
@@ -96,21 +209,9 @@ class MirroredMaterialization:
     timestamp: float
 
 
-class ManifestStore(abc.ABC):
-    """Lineage, dataset versions and idempotency for every stage."""
+class Ledger(Protocol):
+    """The idempotency ledger: "has object (URI, ETag) been handled by this step"."""
 
-    @abc.abstractmethod
-    def migrate(self) -> None:
-        """Create or upgrade the schema in place."""
-
-    # datasets
-    @abc.abstractmethod
-    def get_or_create_dataset(self, name: str) -> int: ...
-
-    @abc.abstractmethod
-    def dataset_versions(self, name: str) -> list[dict[str, Any]]: ...
-
-    # idempotency ledger
     @abc.abstractmethod
     def mark_processed(
         self,
@@ -130,15 +231,17 @@ class ManifestStore(abc.ABC):
         """The subset of ``objects`` already recorded for ``step`` (one query per chunk)."""
 
     @abc.abstractmethod
-    def processed_objects(
-        self, step: Step, partition_key: str | None = None
-    ) -> list[dict[str, Any]]: ...
+    def processed_objects(self, step: Step, partition_key: str | None = None) -> list[LedgerRecord]:
+        """Ledger entries of ``step`` (of one partition when given), in URI order."""
 
     @abc.abstractmethod
-    def processed_under(self, step: Step, uri_prefix: str) -> list[dict[str, Any]]:
+    def processed_under(self, step: Step, uri_prefix: str) -> list[LedgerRecord]:
         """Ledger entries of ``step`` whose URI starts with ``uri_prefix`` (a folder)."""
 
-    # planned batches
+
+class BatchPlans(Protocol):
+    """Planned batches: which objects make up a batch partition."""
+
     @abc.abstractmethod
     def plan_batch(self, batch_id: str, members: Sequence[BatchMember], source: str) -> bool:
         """Record a batch's members; True if the batch was new."""
@@ -154,7 +257,10 @@ class ManifestStore(abc.ABC):
     def planned_among(self, objects: Iterable[ObjectVersion]) -> set[ObjectVersion]:
         """The subset of ``objects`` already assigned to some batch."""
 
-    # checkpoints
+
+class Checkpoints(Protocol):
+    """Partial results of a partition that has not published yet, and leases on work."""
+
     @abc.abstractmethod
     def save_checkpoint(
         self, step: Step, partition_key: str, name: str, payload: Mapping[str, Any]
@@ -163,7 +269,7 @@ class ManifestStore(abc.ABC):
     @abc.abstractmethod
     def load_checkpoint(
         self, step: Step, partition_key: str, name: str
-    ) -> dict[str, Any] | None: ...
+    ) -> Mapping[str, Any] | None: ...
 
     @abc.abstractmethod
     def claim(self, step: Step, partition_key: str, name: str, holder: str, ttl_s: float) -> bool:
@@ -175,16 +281,30 @@ class ManifestStore(abc.ABC):
         """Give the named lease back if ``holder`` still holds it (a failed holder releases,
         so a retry need not wait out the TTL)."""
 
-    # manifests and lineage
+
+class Publications(Protocol):
+    """Published manifests and the dataset versions they make."""
+
     @abc.abstractmethod
     def publish(self, publication: ManifestPublication) -> bool:
         """Write objects, edges, dataset version and manifest atomically; False if it existed."""
 
     @abc.abstractmethod
-    def get_manifest(self, step: Step, partition_key: str) -> dict[str, Any] | None: ...
+    def get_manifest(self, step: Step, partition_key: str) -> ManifestRecord | None: ...
 
     @abc.abstractmethod
-    def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[dict[str, Any]]: ...
+    def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[ManifestRecord]:
+        """Published manifests in publication order; ``after_id`` pages like a cursor."""
+
+    @abc.abstractmethod
+    def get_or_create_dataset(self, name: str) -> int: ...
+
+    @abc.abstractmethod
+    def dataset_versions(self, name: str) -> list[DatasetVersion]: ...
+
+
+class LineageGraph(Protocol):
+    """Edges from inputs to outputs, walked both ways."""
 
     @abc.abstractmethod
     def add_lineage(
@@ -196,10 +316,13 @@ class ManifestStore(abc.ABC):
     ) -> int: ...
 
     @abc.abstractmethod
-    def lineage(self, uri: str) -> dict[str, Any]:
+    def lineage(self, uri: str) -> Lineage:
         """Everything upstream and downstream of ``uri``, with the ledger entries for it."""
 
-    # Dagster mirror
+
+class MaterializationMirror(Protocol):
+    """Dagster materialization metadata copied into the store."""
+
     @abc.abstractmethod
     def last_mirrored_storage_id(self, asset_key: str) -> int: ...
 
@@ -208,4 +331,16 @@ class ManifestStore(abc.ABC):
         """Insert rows not yet mirrored; returns how many were new."""
 
     @abc.abstractmethod
-    def mirrored_materializations(self, asset_key: str | None = None) -> list[dict[str, Any]]: ...
+    def mirrored_materializations(
+        self, asset_key: str | None = None
+    ) -> list[MirroredMaterialization]: ...
+
+
+class ManifestStore(
+    Ledger, BatchPlans, Checkpoints, Publications, LineageGraph, MaterializationMirror, Protocol
+):
+    """Lineage, dataset versions and idempotency for every stage: every role in one store."""
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create or upgrade the schema in place."""

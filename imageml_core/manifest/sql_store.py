@@ -19,9 +19,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from imageml_core.manifest import schema as t
 from imageml_core.manifest.interface import (
+    STATUS_OK,
     BatchMember,
+    DatasetVersion,
+    LedgerRecord,
+    Lineage,
     LineageEdge,
+    LineageRecord,
     ManifestPublication,
+    ManifestRecord,
     ManifestStore,
     MirroredMaterialization,
     ObjectVersion,
@@ -36,6 +42,31 @@ _migrate_lock = threading.Lock()
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_po = t.processed_objects.c
+_LEDGER_COLUMNS = (
+    _po.stage,
+    _po.step,
+    _po.object_uri.label("uri"),
+    _po.etag,
+    _po.status,
+    _po.reason,
+    _po.content_sha256,
+    _po.partition_key,
+    _po.run_id,
+    _po.details,
+    _po.created_at,
+)
+
+
+def _utc(stamp: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _ledger_record(row: Any) -> LedgerRecord:
+    return LedgerRecord(**row._mapping)
 
 
 def normalize_db_url(url: str) -> str:
@@ -151,7 +182,7 @@ class SqlManifestStore(ManifestStore):
         with self.engine.begin() as conn:
             return self._dataset_id(conn, name)
 
-    def dataset_versions(self, name: str) -> list[dict[str, Any]]:
+    def dataset_versions(self, name: str) -> list[DatasetVersion]:
         q = (
             sa.select(t.dataset_versions)
             .join(t.datasets, t.datasets.c.id == t.dataset_versions.c.dataset_id)
@@ -159,7 +190,7 @@ class SqlManifestStore(ManifestStore):
             .order_by(t.dataset_versions.c.id)
         )
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [DatasetVersion(**r._mapping) for r in conn.execute(q)]
 
     # ------------------------------------------------------------------ ledger
     def _ledger_row(
@@ -221,27 +252,25 @@ class SqlManifestStore(ManifestStore):
             t.processed_objects, objects, sa.and_(c.stage == step.stage, c.step == step.name)
         )
 
-    def processed_objects(
-        self, step: Step, partition_key: str | None = None
-    ) -> list[dict[str, Any]]:
+    def processed_objects(self, step: Step, partition_key: str | None = None) -> list[LedgerRecord]:
         c = t.processed_objects.c
-        q = sa.select(t.processed_objects).where(c.stage == step.stage, c.step == step.name)
+        q = sa.select(*_LEDGER_COLUMNS).where(c.stage == step.stage, c.step == step.name)
         if partition_key is not None:
             q = q.where(c.partition_key == partition_key)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q.order_by(c.object_uri))]
+            return [_ledger_record(r) for r in conn.execute(q.order_by(c.object_uri))]
 
-    def processed_under(self, step: Step, uri_prefix: str) -> list[dict[str, Any]]:
+    def processed_under(self, step: Step, uri_prefix: str) -> list[LedgerRecord]:
         c = t.processed_objects.c
         escaped = uri_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         q = (
-            sa.select(t.processed_objects)
+            sa.select(*_LEDGER_COLUMNS)
             .where(c.stage == step.stage, c.step == step.name)
             .where(c.object_uri.like(escaped + "%", escape="\\"))
             .order_by(c.object_uri)
         )
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [_ledger_record(r) for r in conn.execute(q)]
 
     # ------------------------------------------------------------------ batches
     def plan_batch(self, batch_id: str, members: Sequence[BatchMember], source: str) -> bool:
@@ -312,7 +341,9 @@ class SqlManifestStore(ManifestStore):
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
-    def load_checkpoint(self, step: Step, partition_key: str, name: str) -> dict[str, Any] | None:
+    def load_checkpoint(
+        self, step: Step, partition_key: str, name: str
+    ) -> Mapping[str, Any] | None:
         c = t.checkpoints.c
         q = sa.select(c.payload).where(
             c.stage == step.stage,
@@ -393,9 +424,11 @@ class SqlManifestStore(ManifestStore):
                         "version": f"{p.step.name}/{p.partition_key}",
                         "stage": p.step.stage,
                         "step": p.step.name,
-                        "object_count": sum(1 for o in p.objects if o.status == "ok"),
+                        "object_count": sum(1 for o in p.objects if o.status == STATUS_OK),
                         "manifest_uri": p.manifest_uri,
-                        "details": {"quarantined": sum(1 for o in p.objects if o.status != "ok")},
+                        "details": {
+                            "quarantined": sum(1 for o in p.objects if o.status != STATUS_OK)
+                        },
                         "created_at": now,
                     }
                 ],
@@ -434,23 +467,23 @@ class SqlManifestStore(ManifestStore):
             )
             return created == 1
 
-    def get_manifest(self, step: Step, partition_key: str) -> dict[str, Any] | None:
+    def get_manifest(self, step: Step, partition_key: str) -> ManifestRecord | None:
         c = t.manifests.c
         q = sa.select(t.manifests).where(
             c.stage == step.stage, c.step == step.name, c.partition_key == partition_key
         )
         with self.engine.connect() as conn:
             row = conn.execute(q).first()
-        return dict(row._mapping) if row else None
+        return ManifestRecord(**row._mapping) if row else None
 
-    def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[dict[str, Any]]:
+    def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[ManifestRecord]:
         """Published manifests in publication order; ``after_id`` pages like a cursor."""
         c = t.manifests.c
         q = sa.select(t.manifests).where(c.id > after_id).order_by(c.id)
         if step is not None:
             q = q.where(c.stage == step.stage, c.step == step.name)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [ManifestRecord(**r._mapping) for r in conn.execute(q)]
 
     # ------------------------------------------------------------------ lineage
     @staticmethod
@@ -483,11 +516,12 @@ class SqlManifestStore(ManifestStore):
                 conn, t.lineage_edges, self._edge_rows(edges, run_id, partition_key)
             )
 
-    def lineage(self, uri: str, *, max_depth: int = 20) -> dict[str, Any]:
+    def lineage(self, uri: str, *, max_depth: int = 20) -> Lineage:
+        """Edges walked breadth-first up to ``max_depth`` hops each way (a cycle stops)."""
         c = t.lineage_edges.c
         edge_cols = (c.input_uri, c.output_uri, c.stage, c.step, c.run_id, c.partition_key)
 
-        def walk(conn: Connection, start: str, forward: bool) -> list[dict[str, Any]]:
+        def walk(conn: Connection, start: str, forward: bool) -> list[LineageRecord]:
             seen, frontier, out = {start}, [start], []
             for _ in range(max_depth):
                 if not frontier:
@@ -498,7 +532,7 @@ class SqlManifestStore(ManifestStore):
                 ).all()
                 frontier = []
                 for r in rows:
-                    out.append(dict(r._mapping))
+                    out.append(LineageRecord(**r._mapping))
                     nxt = r.output_uri if forward else r.input_uri
                     if nxt not in seen:
                         seen.add(nxt)
@@ -508,29 +542,17 @@ class SqlManifestStore(ManifestStore):
         po = t.processed_objects.c
         with self.engine.connect() as conn:
             records = [
-                dict(r._mapping)
+                _ledger_record(r)
                 for r in conn.execute(
-                    sa.select(
-                        po.stage,
-                        po.step,
-                        po.etag,
-                        po.status,
-                        po.reason,
-                        po.content_sha256,
-                        po.partition_key,
-                        po.run_id,
-                        po.details,
-                    )
-                    .where(po.object_uri == uri)
-                    .order_by(po.id)
+                    sa.select(*_LEDGER_COLUMNS).where(po.object_uri == uri).order_by(po.id)
                 )
             ]
-            return {
-                "uri": uri,
-                "records": records,
-                "upstream": walk(conn, uri, forward=False),
-                "downstream": walk(conn, uri, forward=True),
-            }
+            return Lineage(
+                uri=uri,
+                records=records,
+                upstream=walk(conn, uri, forward=False),
+                downstream=walk(conn, uri, forward=True),
+            )
 
     # ------------------------------------------------------------------ Dagster mirror
     def last_mirrored_storage_id(self, asset_key: str) -> int:
@@ -558,10 +580,22 @@ class SqlManifestStore(ManifestStore):
         with self.engine.begin() as conn:
             return self._insert_ignore(conn, t.dagster_materializations, values)
 
-    def mirrored_materializations(self, asset_key: str | None = None) -> list[dict[str, Any]]:
+    def mirrored_materializations(
+        self, asset_key: str | None = None
+    ) -> list[MirroredMaterialization]:
         c = t.dagster_materializations.c
         q = sa.select(t.dagster_materializations).order_by(c.storage_id)
         if asset_key is not None:
             q = q.where(c.asset_key == asset_key)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [
+                MirroredMaterialization(
+                    storage_id=r.storage_id,
+                    asset_key=r.asset_key,
+                    partition_key=r.partition_key,
+                    run_id=r.run_id,
+                    metadata=r.metadata,
+                    timestamp=_utc(r.event_timestamp).timestamp(),
+                )
+                for r in conn.execute(q)
+            ]

@@ -27,7 +27,7 @@ def _bench(script: str, *args: str) -> str:
 
 
 def test_normalize_inner_loop_benchmark_prints_baseline_ours_ratio_and_psnr() -> None:
-    out = _bench("bench_normalize.py", "--images", "2", "--rounds", "1")
+    out = _bench("normalize/bench_inner_loop.py", "--images", "2", "--rounds", "1")
     for line in (
         "baseline (naive OpenCV):",
         "ours (inner loop):",
@@ -41,7 +41,7 @@ def test_normalize_inner_loop_benchmark_prints_baseline_ours_ratio_and_psnr() ->
 
 
 def test_normalize_asset_benchmark_runs_against_a_real_s3_server() -> None:
-    out = _bench("bench_normalize_asset.py", "--images", "6", "--unique", "2")
+    out = _bench("normalize/bench_asset.py", "--images", "6", "--unique", "2")
     assert "ratio ours/baseline:" in out, out
     assert "cores busy:" in out and "the S3 server" in out, out
     assert "decode paths {'fast': 6}" in out, out

@@ -4,17 +4,19 @@ mirror, and a snapshot of the asset graph."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
 
 from imageml_assets.definitions import build_definitions, build_resources
-from imageml_assets.mirror import mirror_materializations
+from imageml_assets.defs.mirror.sensor import mirror_materializations
 from imageml_core.discovery import DiscoveryCursor
 from imageml_core.manifest import INGEST
-from imageml_core.object_store import ObjectStore
 from imageml_core.settings import Settings
+from imageml_core.storage.object_store import ObjectStore
 from imageml_core.uris import S3Uri
 from tests.helpers import jpeg_bytes
 
@@ -144,8 +146,8 @@ def test_mirror_catches_up_after_downtime_without_duplicates(
         assert mirror_materializations(instance, keys, store) == 0
         rows = store.mirrored_materializations("raw_images")
         assert len(rows) == 2
-        assert {r["partition_key"] for r in rows} == {r.partition_key for r in result.run_requests}
-        assert all(r["metadata"]["count_images"] >= 1 for r in rows)
+        assert {r.partition_key for r in rows} == {r.partition_key for r in result.run_requests}
+        assert all(r.metadata["count_images"] >= 1 for r in rows)
         # A rerun of a finished partition is a no-op for the data, a new event for Dagster.
         assert job.execute_in_process(
             instance=instance, partition_key=result.run_requests[0].partition_key
@@ -154,28 +156,81 @@ def test_mirror_catches_up_after_downtime_without_duplicates(
         assert len(store.processed_objects(INGEST)) == 5
 
 
-def test_asset_graph_snapshot(settings: Settings) -> None:
-    """The shape of the code location; update deliberately when the graph changes."""
-    defs = build_definitions(settings)
+def _mapping_name(mapping: object) -> str:
+    """None means Dagster's default: identity for partitions of the same definition."""
+    return type(mapping).__name__ if mapping is not None else "default (identity)"
+
+
+def graph_snapshot(defs: dg.Definitions) -> dict[str, Any]:
+    """The code location's shape: assets (deps with their partition mapping, partitions,
+    group, kinds, tags, checks and whether they block), jobs (their asset selection) and
+    sensors (their target jobs, default status, interval)."""
     graph = defs.resolve_asset_graph()
-    snapshot = {
-        key.to_user_string(): {
-            "deps": sorted(k.to_user_string() for k in graph.get(key).parent_keys),
-            "partitions": type(graph.get(key).partitions_def).__name__,
-            "group": graph.get(key).group_name,
-            "checks": sorted(c.name for c in graph.get(key).check_keys),
+    assets: dict[str, Any] = {}
+    for key in sorted(graph.get_all_asset_keys()):
+        node, asset_def = graph.get(key), defs.resolve_assets_def(key)
+        assets[key.to_user_string()] = {
+            "deps": {
+                parent.to_user_string(): _mapping_name(asset_def.get_partition_mapping(parent))
+                for parent in sorted(node.parent_keys)
+            },
+            "partitions": type(node.partitions_def).__name__,
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "tags": {k: v for k, v in node.tags.items() if not k.startswith("dagster/kind/")},
+            "code_version": bool(node.code_version),
+            "checks": {spec.name: {"blocking": spec.blocking} for spec in asset_def.check_specs},
         }
-        for key in sorted(graph.get_all_asset_keys())
+    jobs = {
+        job.name: sorted(
+            k.to_user_string()
+            for k in defs.resolve_job_def(job.name).asset_layer.executable_asset_keys
+        )
+        for job in defs.jobs or []
     }
+    sensors = {
+        sensor.name: {
+            "jobs": sorted(t.job_name for t in sensor.targets),
+            "default_status": sensor.default_status.value,
+            "minimum_interval_seconds": sensor.minimum_interval_seconds,
+        }
+        for sensor in defs.sensors or []
+    }
+    return {"assets": assets, "jobs": jobs, "sensors": sensors}
+
+
+def test_asset_graph_snapshot(settings: Settings) -> None:
+    """The shape of the code location; update deliberately when the graph changes
+    (``IMAGEML_UPDATE_SNAPSHOT=1`` rewrites the file)."""
+    snapshot = graph_snapshot(build_definitions(settings))
     expected_path = Path(__file__).parent / "asset_graph.snapshot.json"
+    if os.environ.get("IMAGEML_UPDATE_SNAPSHOT"):
+        expected_path.write_text(json.dumps(snapshot, indent=2, sort_keys=True) + "\n")
     assert snapshot == json.loads(expected_path.read_text())
-    assert sorted(s.name for s in defs.sensors) == [
-        "augmented_batches_sensor",
-        "manifest_mirror_sensor",
-        "raw_events_sensor",
-        "raw_objects_sensor",
-    ]
-    assert sorted(j.name for j in defs.jobs) == ["ingest_and_augment_job", "normalize_job"]
+
+
+def test_code_versions_follow_the_policies_that_make_the_bytes(settings: Settings) -> None:
+    """A setting that changes an asset's output bytes changes its code version (the UI then
+    shows its partitions as stale); one that does not, does not."""
+
+    def versions(**env: str) -> dict[str, str | None]:
+        graph = build_definitions(Settings.from_env({**os.environ, **env})).resolve_asset_graph()
+        return {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+
+    base = versions()
+    from imageml_core.stages.augment.pipeline import load_pipeline
+
+    assert (
+        base["augmented_images"]
+        == load_pipeline(settings.augment_pipeline, copies=settings.augment_copies).tag
+    )
+    assert versions(NORMALIZE_QUALITY="80")["normalized_variants"] != base["normalized_variants"]
+    assert versions(NORMALIZE_QUALITY="90")["normalized_variants"] == base["normalized_variants"]
+    assert versions(AUGMENT_COPIES="3")["augmented_images"] != base["augmented_images"]
+    assert versions(MAX_IMAGE_PIXELS="1000")["raw_images"] != base["raw_images"]
+    assert all(base.values())
+    # Batch limits and the dataset name are not in any output's bytes.
+    assert versions(INGEST_BATCH_MAX_OBJECTS="7", DATASET_NAME="other") == base
 
 
 def test_object_store_uri_forms_reach_the_same_object(

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from imageml_assets.ingest import raw_images
+from imageml_assets.definitions import build_definitions
 from imageml_assets.stage_images import stage_op_tags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +91,7 @@ def test_ingest_step_job_uses_the_ingest_image_and_validates_strictly(
     from kubernetes.client import ApiClient
 
     # The asset carries the stage's k8s config on its op tags (every launch path sees those).
+    raw_images = build_definitions().resolve_assets_def("raw_images")
     assert (
         json.loads(raw_images.op.tags["dagster-k8s/config"])
         == stage_op_tags("ingest")["dagster-k8s/config"]

@@ -19,7 +19,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from imageml_core.discovery import DiscoveryCursor, PlannedBatch, discover
-from imageml_core.events import (
+from imageml_core.discovery.events import (
     ConsumeResult,
     ObjectCreated,
     ReceivedMessage,
@@ -36,7 +36,7 @@ from imageml_core.manifest import (
     ProcessedObject,
     SqlManifestStore,
 )
-from imageml_core.object_store import ObjectInfo, ObjectStore
+from imageml_core.storage.object_store import ObjectInfo, ObjectStore
 from imageml_core.uris import S3Uri
 from tests.helpers import jpeg_bytes, sqs_client
 

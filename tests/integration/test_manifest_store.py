@@ -9,7 +9,6 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
 from typing import Any, TypeVar
 
 import pytest
@@ -22,6 +21,7 @@ from imageml_core.manifest import (
     STATUS_QUARANTINED,
     BatchMember,
     LineageEdge,
+    LineageRecord,
     ManifestPublication,
     MirroredMaterialization,
     ObjectVersion,
@@ -136,12 +136,12 @@ def test_mark_processed_once(manifest_store: SqlManifestStore) -> None:
     rows = manifest_store.processed_objects(INGEST, partition_key="p1")
     assert len(rows) == 1
     row = rows[0]
-    assert row["object_uri"] == "s3://b/raw/a.jpg"
-    assert row["etag"] == "etag-a"
-    assert row["status"] == "ok"
-    assert row["run_id"] == "r1"  # the first writer's record stands
-    assert row["content_sha256"] == "ab" * 32
-    assert row["details"] == {"w": 640, "h": 480}
+    assert row.uri == "s3://b/raw/a.jpg"
+    assert row.etag == "etag-a"
+    assert row.status == "ok"
+    assert row.run_id == "r1"  # the first writer's record stands
+    assert row.content_sha256 == "ab" * 32
+    assert row.details == {"w": 640, "h": 480}
     assert len(manifest_store.processed_objects(INGEST)) == 2
     assert _count(manifest_store, "processed_objects") == 3
 
@@ -153,8 +153,8 @@ def test_quarantined_entries_are_recorded(manifest_store: SqlManifestStore) -> N
     assert manifest_store.mark_processed(INGEST, bad) is True
     assert manifest_store.is_processed(INGEST, bad.uri, bad.etag)
     [row] = manifest_store.processed_objects(INGEST)
-    assert row["status"] == "quarantined"
-    assert row["reason"] == "truncated JPEG"
+    assert row.status == "quarantined"
+    assert row.reason == "truncated JPEG"
 
 
 def test_processed_among_crosses_chunks(manifest_store: SqlManifestStore) -> None:
@@ -250,7 +250,7 @@ def test_concurrent_mark_processed_processes(pg_url: str) -> None:
         assert store.schema_revision() == "0001"
         rows = store.processed_objects(INGEST)
         assert len(rows) == 1
-        assert rows[0]["object_uri"] == "s3://b/raw/contended.jpg"
+        assert rows[0].uri == "s3://b/raw/contended.jpg"
         assert _count(store, "processed_objects") == 1
     finally:
         store.close()
@@ -376,30 +376,30 @@ def test_publish_writes_everything_once(manifest_store: SqlManifestStore) -> Non
 
     manifest = manifest_store.get_manifest(NORMALIZE, "batch-7")
     assert manifest is not None
-    assert manifest["stage"] == 2
-    assert manifest["step"] == "normalize"
-    assert manifest["partition_key"] == "batch-7"
-    assert manifest["run_id"] == "run-1"
-    assert manifest["manifest_uri"] == "s3://b/silver/_manifests/batch-7.json"
-    assert manifest["content_sha256"] == "c" * 64
-    assert manifest["details"] == {"sizes": ["720p"], "count": 2}
+    assert manifest.stage == 2
+    assert manifest.step == "normalize"
+    assert manifest.partition_key == "batch-7"
+    assert manifest.run_id == "run-1"
+    assert manifest.manifest_uri == "s3://b/silver/_manifests/batch-7.json"
+    assert manifest.content_sha256 == "c" * 64
+    assert manifest.details == {"sizes": ["720p"], "count": 2}
     assert manifest_store.get_manifest(NORMALIZE, "batch-8") is None
     assert manifest_store.get_manifest(INGEST, "batch-7") is None
 
     [version] = manifest_store.dataset_versions("cats")
-    assert manifest["dataset_version_id"] == version["id"]
-    assert version["version"] == "normalize/batch-7"
-    assert version["stage"] == 2
-    assert version["object_count"] == 2
-    assert version["details"] == {"quarantined": 1}
-    assert version["manifest_uri"] == "s3://b/silver/_manifests/batch-7.json"
+    assert manifest.dataset_version_id == version.id
+    assert version.version == "normalize/batch-7"
+    assert version.stage == 2
+    assert version.object_count == 2
+    assert version.details == {"quarantined": 1}
+    assert version.manifest_uri == "s3://b/silver/_manifests/batch-7.json"
     assert manifest_store.dataset_versions("dogs") == []
 
-    ledger = {r["object_uri"]: r for r in manifest_store.processed_objects(NORMALIZE, "batch-7")}
+    ledger = {r.uri: r for r in manifest_store.processed_objects(NORMALIZE, "batch-7")}
     assert set(ledger) == {"s3://b/bronze/2.jpg", "s3://b/bronze/3.jpg"}
-    assert ledger["s3://b/bronze/3.jpg"]["status"] == "quarantined"
-    assert ledger["s3://b/bronze/2.jpg"]["run_id"] == "run-1"
-    assert [m["partition_key"] for m in manifest_store.manifests(NORMALIZE)] == ["batch-7"]
+    assert ledger["s3://b/bronze/3.jpg"].status == "quarantined"
+    assert ledger["s3://b/bronze/2.jpg"].run_id == "run-1"
+    assert [m.partition_key for m in manifest_store.manifests(NORMALIZE)] == ["batch-7"]
 
 
 def test_publish_with_duplicate_objects_and_edges(manifest_store: SqlManifestStore) -> None:
@@ -421,7 +421,7 @@ def test_concurrent_publish_one_winner(manifest_store: SqlManifestStore) -> None
     assert counts["lineage_edges"] == 2
     winner = results.index(True)
     manifest = manifest_store.get_manifest(NORMALIZE, "batch-7")
-    assert manifest is not None and manifest["run_id"] == f"run-{winner}"
+    assert manifest is not None and manifest.run_id == f"run-{winner}"
 
 
 # ---------------------------------------------------------------------- lineage
@@ -446,35 +446,39 @@ def test_lineage_two_hops(manifest_store: SqlManifestStore) -> None:
     unrelated = "s3://b/raw/other.jpg"
     manifest_store.add_lineage([LineageEdge(unrelated, "s3://b/bronze/other.jpg", INGEST)])
 
-    def pairs(edges: list[dict[str, Any]]) -> list[tuple[str, str]]:
-        return [(e["input_uri"], e["output_uri"]) for e in edges]
+    def pairs(edges: list[LineageRecord]) -> list[tuple[str, str]]:
+        return [(e.input_uri, e.output_uri) for e in edges]
 
     from_a = manifest_store.lineage(a)
-    assert from_a["uri"] == a
-    assert from_a["upstream"] == []
-    assert pairs(from_a["downstream"]) == [(a, b), (b, c)]
-    assert from_a["downstream"][0]["step"] == "ingest"
-    assert from_a["downstream"][0]["run_id"] == "r1"
-    assert from_a["downstream"][1]["stage"] == 2
-    assert from_a["downstream"][1]["partition_key"] == "p1"
-    assert [(r["step"], r["etag"], r["partition_key"]) for r in from_a["records"]] == [
-        ("ingest", "ea", "p0")
-    ]
+    assert from_a.uri == a
+    assert from_a.upstream == []
+    assert pairs(from_a.downstream) == [(a, b), (b, c)]
+    assert from_a.downstream[0].step == "ingest"
+    assert from_a.downstream[0].run_id == "r1"
+    assert from_a.downstream[1].stage == 2
+    assert from_a.downstream[1].partition_key == "p1"
+    assert [(r.step, r.etag, r.partition_key) for r in from_a.records] == [("ingest", "ea", "p0")]
 
     from_c = manifest_store.lineage(c)
-    assert pairs(from_c["upstream"]) == [(b, c), (a, b)]
-    assert from_c["downstream"] == []
-    assert from_c["records"] == []
+    assert pairs(from_c.upstream) == [(b, c), (a, b)]
+    assert from_c.downstream == []
+    assert from_c.records == []
 
     from_b = manifest_store.lineage(b)
-    assert pairs(from_b["upstream"]) == [(a, b)]
-    assert pairs(from_b["downstream"]) == [(b, c)]
-    assert [(r["step"], r["etag"]) for r in from_b["records"]] == [("normalize", "eb")]
+    assert pairs(from_b.upstream) == [(a, b)]
+    assert pairs(from_b.downstream) == [(b, c)]
+    assert [(r.step, r.etag) for r in from_b.records] == [("normalize", "eb")]
 
     # max_depth bounds the walk.
-    assert pairs(manifest_store.lineage(a, max_depth=1)["downstream"]) == [(a, b)]
+    assert pairs(manifest_store.lineage(a, max_depth=1).downstream) == [(a, b)]
     nothing = manifest_store.lineage("s3://b/none.jpg")
-    assert nothing == {"uri": "s3://b/none.jpg", "records": [], "upstream": [], "downstream": []}
+    assert nothing.to_json() == {
+        "uri": "s3://b/none.jpg",
+        "records": [],
+        "upstream": [],
+        "downstream": [],
+    }
+    assert nothing.empty
 
 
 def test_lineage_cycle_terminates(manifest_store: SqlManifestStore) -> None:
@@ -485,7 +489,7 @@ def test_lineage_cycle_terminates(manifest_store: SqlManifestStore) -> None:
     started = time.monotonic()
     result = manifest_store.lineage(x)
     assert time.monotonic() - started < 10
-    assert [(e["input_uri"], e["output_uri"]) for e in result["downstream"]] == [
+    assert [(e.input_uri, e.output_uri) for e in result.downstream] == [
         (x, y),
         (y, z),
         (z, x),
@@ -518,15 +522,13 @@ def test_mirror_materializations(manifest_store: SqlManifestStore) -> None:
     assert manifest_store.last_mirrored_storage_id("gold") == 0
 
     rows = manifest_store.mirrored_materializations("bronze")
-    assert [r["storage_id"] for r in rows] == [10, 11, 12]
-    assert rows[0]["run_id"] == "run-10"
-    assert rows[0]["partition_key"] == "p1"
-    assert rows[0]["metadata"] == {"objects": 10, "uri": "s3://b/10"}
-    ts = rows[0]["event_timestamp"]
-    # SQLite hands back naive UTC datetimes, PostgreSQL aware ones.
-    ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    assert ts.timestamp() == pytest.approx(1_700_000_010.0, abs=0.001)
-    assert [r["storage_id"] for r in manifest_store.mirrored_materializations()] == [5, 10, 11, 12]
+    assert [r.storage_id for r in rows] == [10, 11, 12]
+    assert rows[0].run_id == "run-10"
+    assert rows[0].partition_key == "p1"
+    assert rows[0].metadata == {"objects": 10, "uri": "s3://b/10"}
+    # SQLite hands back naive UTC datetimes, PostgreSQL aware ones: both read back the same.
+    assert rows[0].timestamp == pytest.approx(1_700_000_010.0, abs=0.001)
+    assert [r.storage_id for r in manifest_store.mirrored_materializations()] == [5, 10, 11, 12]
 
 
 def test_claim_has_one_winner_and_a_stale_lease_is_taken_over(manifest_store) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-import imageml_core.object_store as object_store_module
-from imageml_core.embedded_s3 import EmbeddedS3
-from imageml_core.object_store import (
+import imageml_core.storage.object_store as object_store_module
+from imageml_core.storage.object_store import (
     FileChanged,
     IntegrityError,
     ObjectInfo,
@@ -27,6 +26,7 @@ from imageml_core.object_store import (
     TransferResult,
 )
 from imageml_core.uris import S3Uri
+from imageml_dev.embedded_s3 import EmbeddedS3
 
 pytestmark = pytest.mark.s3
 

@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 
-from imageml_core.embedded_s3 import EmbeddedS3
-from imageml_core.object_store import ObjectInfo, ObjectNotFound, ObjectStore, TransferResult
-from imageml_core.staging import InsufficientStagingSpace, NvmeStaging, UnsafeKey
+from imageml_core.storage.object_store import (
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    TransferResult,
+)
+from imageml_core.storage.staging import InsufficientStagingSpace, NvmeStaging, UnsafeKey
 from imageml_core.uris import S3Uri
+from imageml_dev.embedded_s3 import EmbeddedS3
 
 pytestmark = pytest.mark.s3
 

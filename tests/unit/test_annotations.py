@@ -1,7 +1,7 @@
 """Annotation intake: Label Studio <-> COCO through the Label Studio SDK converters.
 
 Real files only: the label-studio-sdk and faster-coco-eval fixtures (see
-tests/fixtures/annotations/PROVENANCE.md) and images drawn by imageml_core.synthetic.
+tests/fixtures/annotations/PROVENANCE.md) and images drawn by imageml_dev.synthetic.
 Boxes are compared in pixels, ``(label, x, y, width, height)`` from the top-left corner.
 """
 
@@ -39,7 +39,7 @@ from imageml_core.annotations import (
     sdk_offline,
     validate_tasks,
 )
-from imageml_core.synthetic import LABEL_CONFIG, generate_dataset
+from imageml_dev.synthetic import LABEL_CONFIG, generate_dataset
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "annotations"
 LS_DIR = FIXTURES / "label-studio-sdk"

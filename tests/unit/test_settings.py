@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from imageml_core.settings import ConfigError, Settings
 from imageml_core.uris import S3Uri
@@ -207,3 +208,177 @@ def test_to_env_round_trips_everything_set(tmp_path: Path) -> None:
     again = Settings.from_env(out, home=tmp_path / "other-home")
     assert again == s
     assert again.to_env() == out
+
+
+# --- pydantic-settings behaviour (issue 8) ---------------------------------------------
+
+
+def test_explicit_mapping_ignores_os_environ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAW_URI", "s3://leaked/raw")
+    monkeypatch.setenv("NVME_ROOT", str(tmp_path / "leaked"))
+    monkeypatch.setenv("AWS_REGION", "leak-1")
+    monkeypatch.setenv("IMAGEML_HOME", str(tmp_path / "leaked-home"))
+    monkeypatch.setenv("NORMALIZE_QUALITY", "not even a number")  # would fail if read
+    s = Settings.from_env({"DATASET_NAME": "cats"}, home=tmp_path)
+    assert s.raw_uri == S3Uri("imageml", "raw")
+    assert s.nvme_root == tmp_path / "nvme"
+    assert s.aws_region == "us-east-1"
+    assert s.normalize_quality == 90
+    assert s.dataset_name == "cats"
+    # IMAGEML_HOME comes from the mapping too, not from os.environ.
+    s = Settings.from_env({})
+    assert s.nvme_root == Path.cwd() / ".imageml" / "nvme"
+
+
+def test_no_mapping_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAW_URI", "s3://from-environ/raw")
+    monkeypatch.setenv("IMAGEML_HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("AUGMENT_COPIES", " 3 ")
+    s = Settings.from_env()
+    assert s.raw_uri == S3Uri("from-environ", "raw")
+    assert s.nvme_root == tmp_path / "h" / "nvme"
+    assert s.augment_copies == 3
+    assert Settings() == s
+
+
+def test_only_upper_case_variable_names_are_read(tmp_path: Path) -> None:
+    s = Settings.from_env({"raw_uri": "s3://lower/raw", "Dataset_Name": "x"}, home=tmp_path)
+    assert s.raw_uri == S3Uri("imageml", "raw")
+    assert s.dataset_name == "imageml"
+
+
+def test_dotenv_file_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("RAW_URI=s3://dotenv/raw\nDATASET_NAME=dotenv\n")
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({}, home=tmp_path)
+    assert s.raw_uri == S3Uri("imageml", "raw")
+    assert s.dataset_name == "imageml"
+
+
+def test_values_are_not_decoded_as_json(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"RAW_URI": '{"bucket": "lake", "key": "raw"}'}, home=tmp_path)
+    assert str(exc.value).startswith("RAW_URI:")
+    s = Settings.from_env({"DATASET_NAME": '["a", "b"]'}, home=tmp_path)
+    assert s.dataset_name == '["a", "b"]'
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("AUGMENT_COPIES", "0", "AUGMENT_COPIES='0' must be at least 1"),
+        ("NORMALIZE_QUALITY", "101", "NORMALIZE_QUALITY='101': JPEG quality must be 1-100"),
+        ("NORMALIZE_QUALITY", "0", "NORMALIZE_QUALITY='0': JPEG quality must be 1-100"),
+        ("NORMALIZE_WORKERS", "-1", "NORMALIZE_WORKERS='-1' must be at least 0"),
+        ("RAW_FULL_SCAN_EVERY_TICKS", "-5", "RAW_FULL_SCAN_EVERY_TICKS='-5' must be at least 0"),
+        ("INGEST_BATCH_MAX_MB", "0", "INGEST_BATCH_MAX_MB='0' must be at least 1"),
+        ("MAX_IMAGE_PIXELS", "many", "MAX_IMAGE_PIXELS='many' is not an integer"),
+        ("INGEST_BATCH_MAX_OBJECTS", "2.5", "INGEST_BATCH_MAX_OBJECTS='2.5' is not an integer"),
+        ("NVME_MIN_GB", "lots", "NVME_MIN_GB='lots' is not a float"),
+        ("NVME_MIN_GB", "nan", "NVME_MIN_GB='nan' is not a float"),
+        ("NVME_MIN_GB", "-1", "NVME_MIN_GB='-1' must be at least 0"),
+        ("NORMALIZE_FIT", "stretch", "NORMALIZE_FIT='stretch': expected one of letterbox, crop"),
+        ("NORMALIZE_SIZES", "bogus", "NORMALIZE_SIZES='bogus': size token 'bogus'"),
+        (
+            "NORMALIZE_SIZES",
+            "720p,720P",
+            "NORMALIZE_SIZES='720p,720P': size token '720p' is listed",
+        ),
+        ("NORMALIZE_CHROMA", "422", "NORMALIZE_CHROMA='422': expected 420 or 444"),
+    ],
+)
+def test_invalid_values_raise_one_line_config_error(
+    tmp_path: Path, var: str, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({var: value}, home=tmp_path)
+    message = str(exc.value)
+    assert not isinstance(exc.value, ValidationError)
+    assert message.startswith(expected)
+    assert "\n" not in message
+    assert "pydantic" not in message.lower()
+    assert "validation error" not in message.lower()
+
+
+def test_several_invalid_values_are_named_in_one_line(tmp_path: Path) -> None:
+    env = {"AUGMENT_COPIES": "0", "NORMALIZE_QUALITY": "101", "RAW_URI": "ftp://imageml/raw"}
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env(env, home=tmp_path)
+    message = str(exc.value)
+    assert "\n" not in message
+    for var in env:
+        assert var in message
+
+
+def test_with_overrides_raises_config_error_only(tmp_path: Path) -> None:
+    s = Settings.from_env({}, home=tmp_path)
+    with pytest.raises(ConfigError, match=r"^NORMALIZE_QUALITY=101: JPEG quality must be 1-100$"):
+        s.with_overrides(normalize_quality=101)
+    with pytest.raises(ConfigError, match=r"^NORMALIZE_SIZES='7x': size token '7x'"):
+        s.with_overrides(normalize_sizes="7x")
+    with pytest.raises(ConfigError, match="NOT_A_SETTING"):
+        s.with_overrides(not_a_setting=1)
+    with pytest.raises(ConfigError, match=r"^AUGMENTED_URI: 'ftp://x/y'"):
+        s.with_overrides(augmented_uri="ftp://x/y")
+    # Strings are parsed like the environment's; the original is unchanged.
+    moved = s.with_overrides(raw_uri="s3://lake/raw", augment_copies=2)
+    assert moved.raw_uri == S3Uri("lake", "raw")
+    assert moved.augment_copies == 2
+    assert s.raw_uri == S3Uri("imageml", "raw")
+    assert s.with_overrides() == s
+
+
+def test_with_overrides_ignores_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Settings.from_env({}, home=tmp_path)
+    monkeypatch.setenv("DATASET_NAME", "from-environ")
+    monkeypatch.setenv("NORMALIZE_QUALITY", "oops")
+    assert s.with_overrides(hitl_uri=S3Uri("imageml", "review")).dataset_name == "imageml"
+
+
+def test_settings_are_frozen_and_hashable(tmp_path: Path) -> None:
+    s = Settings.from_env({}, home=tmp_path)
+    with pytest.raises((TypeError, ValueError, AttributeError)):
+        s.dataset_name = "dogs"  # type: ignore[misc]
+    assert s.dataset_name == "imageml"
+    assert {s, Settings.from_env({}, home=tmp_path)} == {s}
+    assert s != s.with_overrides(dataset_name="dogs")
+
+
+def test_to_env_round_trips_stage_settings(tmp_path: Path) -> None:
+    env = {
+        "NORMALIZE_FIT": "crop",
+        "NORMALIZE_QUALITY": "77",
+        "NORMALIZE_CHROMA": "444",
+        "NORMALIZE_WORKERS": "3",
+        "AUGMENT_PIPELINE": "light",
+        "AUGMENT_COPIES": "4",
+        "RAW_EVENTS_QUEUE_URL": "http://sqs:9324/queue/raw",
+        "SQS_ENDPOINT_URL": "http://sqs:9324",
+    }
+    s = Settings.from_env(env, home=tmp_path)
+    out = s.to_env()
+    assert {k: out[k] for k in env} == env
+    assert "AUGMENT_COPIES" not in Settings.from_env({}, home=tmp_path).to_env()
+    assert Settings.from_env(out, home=tmp_path / "other") == s
+
+
+def test_every_field_is_documented() -> None:
+    fields = Settings.model_fields
+    assert fields  # the class declares its settings as fields
+    for name, field in fields.items():
+        assert field.description, f"{name} has no description"
+    assert "GiB" in (fields["nvme_min_gb"].description or "")
+    assert "MiB" in (fields["ingest_batch_max_mb"].description or "")
+    assert "pixels" in (fields["max_image_pixels"].description or "")
+    assert "objects" in (fields["ingest_batch_max_objects"].description or "")
+
+
+def test_environment_variable_names_are_the_upper_case_field_names(tmp_path: Path) -> None:
+    s = Settings.from_env({}, home=tmp_path)
+    names = {name.upper() for name in Settings.model_fields}
+    assert set(s.to_env()) <= names
+    assert "IMAGEML_HOME" not in names  # the home supplies defaults; it is not a setting

@@ -1,4 +1,4 @@
-"""Staging paths and capacity checks (imageml_core.staging, no object store)."""
+"""Staging paths and capacity checks (imageml_core.storage.staging, no object store)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from imageml_core.staging import (
+from imageml_core.storage.staging import (
     InsufficientStagingSpace,
     NvmeStaging,
     UnsafeKey,

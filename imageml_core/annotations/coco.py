@@ -1,0 +1,61 @@
+"""COCO documents for a stage's output images (the one COCO writer every stage shares)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imageml_core.annotations.regions import DECIMALS, Region
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """An output image and its regions: ``file_name`` is what COCO's ``images[].file_name``
+    holds (stages use the object's ``s3://`` URI); ``width``/``height`` in pixels."""
+
+    file_name: str
+    width: int
+    height: int
+    regions: Sequence[Region]
+
+
+def coco_document(images: Sequence[AnnotatedImage]) -> dict[str, Any]:
+    """A COCO detection document for ``images``.
+
+    Rules (stable, so a rerun writes the same bytes): images get ids from 1 in
+    ``file_name`` order, annotations ids from 1 in image then region order, categories ids
+    from 1 in label-name order. Boxes are pixels ``[x, y, w, h]`` from the top-left corner,
+    rounded to :data:`~imageml_core.annotations.regions.DECIMALS`; ``area`` is ``w * h``; a
+    region's polygon becomes a one-part ``segmentation``; ``iscrowd`` is always 0.
+    """
+    labels = sorted({r.label for image in images for r in image.regions})
+    cat_id = {name: i for i, name in enumerate(labels, start=1)}
+    doc: dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for n, i in cat_id.items()],
+    }
+    for image_id, image in enumerate(sorted(images, key=lambda i: i.file_name), start=1):
+        doc["images"].append(
+            {
+                "id": image_id,
+                "file_name": image.file_name,
+                "width": image.width,
+                "height": image.height,
+            }
+        )
+        for region in image.regions:
+            x, y, w, h = region.bbox
+            ann: dict[str, Any] = {
+                "id": len(doc["annotations"]) + 1,
+                "image_id": image_id,
+                "category_id": cat_id[region.label],
+                "bbox": [round(v, DECIMALS) for v in (x, y, w, h)],
+                "area": round(w * h, DECIMALS),
+                "iscrowd": 0,
+            }
+            if region.polygon:
+                ann["segmentation"] = [[round(v, DECIMALS) for v in region.polygon]]
+            doc["annotations"].append(ann)
+    return doc

@@ -1,0 +1,148 @@
+"""Partition keys and storage locations: built and parsed here, and nowhere else.
+
+Partition keys (the manifest store's ``partition_key``, Dagster run keys):
+
+- ingest: the batch id, ``batch-<16 hex>`` (:func:`imageml_core.discovery.batches.batch_id_for`)
+- augment: ``<batch>@<pipeline>-<hash8>`` (:class:`AugmentKey`): the pipeline's config hash
+  is part of the key, so a new pipeline makes new outputs instead of overwriting old ones
+- normalize: ``<batch>|<variant>@<hash12>`` (:class:`NormalizeKey`), ``hash12`` the start of
+  the variant's ``normalization_policy_hash``
+
+Storage layout (README "Conventions", spec 001 for ``normalized/<variant>/``)::
+
+    BRONZE_URI/manifests/ingest/<batch>.json
+    BRONZE_URI/unzipped/<zip key>/<member>
+    AUGMENTED_URI/images/<tag>/<source bucket>/<source key>/aug-<k>.jpg
+    AUGMENTED_URI/annotations/<tag>/<batch>.coco.json | .label_studio.json
+    AUGMENTED_URI/manifests/augment/<batch>@<tag>.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/<source bucket>/<source key>[.jpg]
+    NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<batch>.coco.json | .label_studio.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imageml_core.uris import S3Uri
+
+#: Characters of a config hash in an augment tag, and of a policy hash in a normalize key
+#: and path: 32 and 48 bits, enough to tell a project's configurations apart.
+TAG_HASH_CHARS = 8
+POLICY_HASH_CHARS = 12
+
+
+class InvalidPartitionKey(ValueError):
+    """A partition key that does not have the shape its step uses."""
+
+
+def augment_tag(pipeline_name: str, config_hash: str) -> str:
+    """``<pipeline>-<hash8>``: names an augmentation configuration in keys and paths."""
+    return f"{pipeline_name}-{config_hash[:TAG_HASH_CHARS]}"
+
+
+@dataclass(frozen=True, order=True)
+class AugmentKey:
+    """The augment step's partition: one ingest batch under one augmentation config."""
+
+    batch_id: str
+    tag: str
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}@{self.tag}"
+
+    @classmethod
+    def parse(cls, key: str) -> AugmentKey:
+        """Raises :class:`InvalidPartitionKey` unless ``key`` is ``<batch>@<tag>``."""
+        batch_id, sep, tag = key.partition("@")
+        if not (sep and batch_id and tag):
+            raise InvalidPartitionKey(f"{key!r} is not an augment partition <batch>@<tag>")
+        return cls(batch_id, tag)
+
+
+@dataclass(frozen=True, order=True)
+class NormalizeKey:
+    """The normalize step's partition: one variant of one batch under one policy.
+
+    ``policy_hash`` may be the full ``normalization_policy_hash``; the key uses its first
+    :data:`POLICY_HASH_CHARS` characters.
+    """
+
+    batch_id: str
+    variant: str
+    policy_hash: str
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}|{self.variant}@{self.policy_hash[:POLICY_HASH_CHARS]}"
+
+    @classmethod
+    def parse(cls, key: str) -> NormalizeKey:
+        """Raises :class:`InvalidPartitionKey` unless ``key`` is ``<batch>|<variant>@<hash>``."""
+        batch_id, sep1, rest = key.partition("|")
+        variant, sep2, policy_hash = rest.rpartition("@")
+        if not (sep1 and sep2 and batch_id and variant and policy_hash):
+            raise InvalidPartitionKey(
+                f"{key!r} is not a normalize partition <batch>|<variant>@<hash12>"
+            )
+        return cls(batch_id, variant, policy_hash)
+
+
+# --------------------------------------------------------------------------- ingest
+def ingest_manifest_uri(bronze_uri: S3Uri, batch_id: str) -> S3Uri:
+    return bronze_uri.join("manifests", "ingest", f"{batch_id}.json")
+
+
+def unzipped_member_uri(bronze_uri: S3Uri, zip_key: str, member: str) -> S3Uri:
+    """Where an extracted ZIP member lives; ``zip_key`` is the archive's key relative to
+    ``RAW_URI``, ``member`` the member's name in the archive."""
+    return bronze_uri.join("unzipped", zip_key, member)
+
+
+def archive_member_ref(zip_uri: str, member: str) -> str:
+    """Ledger identity of a ZIP member that was not extracted: ``s3://b/a.zip#dir/x.jpg``."""
+    return f"{zip_uri}#{member}"
+
+
+# --------------------------------------------------------------------------- augment
+def augment_manifest_uri(augmented_uri: S3Uri, key: AugmentKey) -> S3Uri:
+    return augmented_uri.join("manifests", "augment", f"{key}.json")
+
+
+def augment_annotation_uris(augmented_uri: S3Uri, key: AugmentKey) -> tuple[S3Uri, S3Uri]:
+    """(COCO, Label Studio) JSON of an augment partition."""
+    base = augmented_uri.join("annotations", key.tag)
+    return base.join(f"{key.batch_id}.coco.json"), base.join(f"{key.batch_id}.label_studio.json")
+
+
+def augmented_image_uri(augmented_uri: S3Uri, tag: str, source: S3Uri, copy: int) -> S3Uri:
+    """Copy ``copy`` of ``source`` (a JPEG whatever the source format)."""
+    return augmented_uri.join("images", tag, source.bucket, source.key, f"aug-{copy}.jpg")
+
+
+# --------------------------------------------------------------------------- normalize
+def variant_base(normalized_uri: S3Uri, variant: str, policy_hash: str) -> S3Uri:
+    """Everything of one variant under one policy: ``normalized/<variant>/<hash12>/``.
+
+    The policy hash in the path keeps outputs immutable: a changed setting writes beside
+    the old outputs (which their manifests still describe) instead of over them.
+    """
+    return normalized_uri.join("normalized", variant, policy_hash[:POLICY_HASH_CHARS])
+
+
+def normalized_image_uri(base: S3Uri, source: S3Uri) -> S3Uri:
+    """A source's output under a variant base: the source's bucket and key, with ``.jpg``
+    appended unless the key already ends in ``.jpg``/``.jpeg``."""
+    key = source.key if source.key.lower().endswith((".jpg", ".jpeg")) else source.key + ".jpg"
+    return base.join(source.bucket, key)
+
+
+def normalize_manifest_uri(base: S3Uri, batch_id: str) -> S3Uri:
+    return base.join("manifests", f"{batch_id}.json")
+
+
+def normalize_annotation_uris(base: S3Uri, batch_id: str) -> tuple[S3Uri, S3Uri]:
+    """(COCO, Label Studio) JSON of one variant of a batch."""
+    return (
+        base.join("annotations", f"{batch_id}.coco.json"),
+        base.join("annotations", f"{batch_id}.label_studio.json"),
+    )

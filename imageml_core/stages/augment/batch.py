@@ -1,0 +1,354 @@
+"""Stage 1, augment step for one ingest batch (plain Python; the asset calls this).
+
+Inputs: the batch's usable images from the ingest ledger (typed as
+:class:`~imageml_core.manifest.documents.IngestedObject`), and the annotation files of
+their folders. Outputs under ``AUGMENTED_URI`` (layout in :mod:`imageml_core.manifest.keys`):
+the copies, COCO and Label Studio files for the set, and the
+:class:`~imageml_core.manifest.documents.AugmentManifest`. The partition is
+``<batch>@<pipeline>-<hash8>``, so changing the pipeline makes new outputs instead of
+overwriting old ones, and rerunning the same configuration is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imageml_core.annotations import coco_to_ls, label_config_for, validate_tasks
+from imageml_core.annotations.coco import AnnotatedImage, coco_document
+from imageml_core.annotations.intake import (
+    ImageRef,
+    IntakeReport,
+    collect_annotations,
+    folder_of,
+)
+from imageml_core.annotations.regions import Region
+from imageml_core.manifest.documents import (
+    AnnotationFiles,
+    AugmentChecks,
+    AugmentManifest,
+    AugmentOutput,
+    AugmentSource,
+    AugmentSummary,
+    AugmentTotals,
+    IngestedObject,
+    PipelineInfo,
+    ingested_objects,
+    ingested_under,
+)
+from imageml_core.manifest.interface import AUGMENT, ManifestStore
+from imageml_core.manifest.keys import (
+    AugmentKey,
+    augment_annotation_uris,
+    augment_manifest_uri,
+    augmented_image_uri,
+)
+from imageml_core.manifest.publish import OutputFiles, publish_partition, published
+from imageml_core.stages.augment.pipeline import AugmentPipeline
+from imageml_core.stages.augment.transform import augment_image, decode_rgb, encode_jpeg
+from imageml_core.storage.object_store import ObjectInfo, ObjectStore
+from imageml_core.storage.staging import NvmeStaging, StagedObject
+from imageml_core.uris import S3Uri, parse_s3_uri
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Where augmented outputs go, and the dataset their manifests are recorded under."""
+
+    augmented_uri: S3Uri
+    dataset_name: str
+
+
+@dataclass
+class AugmentResult:
+    """What one :func:`augment_batch` call did (or found already done)."""
+
+    partition: str
+    manifest_uri: str
+    already_published: bool
+    totals: AugmentTotals = field(default_factory=AugmentTotals)
+    checks: AugmentChecks | None = None
+    objects_written: int = 0
+
+    def metadata(self) -> dict[str, Any]:
+        """Flat metadata for the Dagster materialization."""
+        return {
+            "partition": self.partition,
+            "manifest_uri": self.manifest_uri,
+            "already_published": self.already_published,
+            "objects_written": self.objects_written,
+            **self.totals.to_json(),
+        }
+
+
+@dataclass
+class _Augmented:
+    """The copies made for a batch: their manifest entries and the local files to upload."""
+
+    outputs: list[AugmentOutput] = field(default_factory=list)
+    files: list[tuple[Path, S3Uri]] = field(default_factory=list)
+    digests: dict[Path, tuple[str, str]] = field(default_factory=dict)
+    boxes_in: int = 0
+    boxes_dropped: int = 0
+
+
+def augment_batch(
+    batch_id: str,
+    *,
+    store: ObjectStore,
+    staging: NvmeStaging,
+    manifest: ManifestStore,
+    pipeline: AugmentPipeline,
+    config: AugmentConfig,
+    run_id: str | None = None,
+    log_fn: Callable[[str], None] = print,
+) -> AugmentResult:
+    """Augment one ingested batch and publish it. Raises the object store's errors for a
+    failed transfer and :class:`~imageml_core.storage.staging.InsufficientStagingSpace`
+    before staging; an image that does not decode raises ``ValueError`` (ingest verified it)."""
+    key = AugmentKey(batch_id, pipeline.tag)
+    manifest_uri = augment_manifest_uri(config.augmented_uri, key)
+    if (record := published(manifest, AUGMENT, str(key))) is not None:
+        log_fn(f"{key}: already published; nothing to do")
+        summary = AugmentSummary.from_json(record.details)
+        return AugmentResult(
+            str(key), str(record.manifest_uri), True, summary.totals, summary.checks
+        )
+    images = [o for o in ingested_objects(manifest, batch_id) if o.is_image]
+    folders = _folders(manifest, images)
+    job = f"augment-{batch_id}"
+    staged = _stage(store, staging, job, images, folders.annotation_files, key, log_fn)
+    regions_by_uri, intake = collect_annotations(
+        [ImageRef(i.uri, i.width or 0, i.height or 0) for i in images],
+        [(o.uri, staged[o.uri].path) for o in folders.annotation_files],
+        folder_images=folders.images,
+    )
+    made = _augment_all(images, staged, regions_by_uri, pipeline, config, staging, job)
+    document, coco, ls_tasks = _document(
+        key, config, pipeline, images, regions_by_uri, made, intake
+    )
+    coco_uri, ls_uri = augment_annotation_uris(config.augmented_uri, key)
+    written = publish_partition(
+        document,
+        manifest_uri=manifest_uri,
+        object_store=store,
+        manifest_store=manifest,
+        outputs=OutputFiles(made.files, made.digests),
+        annotations=[(coco_uri, coco), (ls_uri, ls_tasks)],
+        run_id=run_id,
+    )
+    staging.cleanup(job)
+    log_fn(f"{key}: {document.totals.to_json()}")
+    return AugmentResult(
+        str(key), str(manifest_uri), False, document.totals, document.checks, written
+    )
+
+
+@dataclass
+class _Folders:
+    """Every ingested image of the folders a batch touches (any batch), by folder, and the
+    annotation files found there."""
+
+    images: dict[str, list[ImageRef]] = field(default_factory=dict)
+    annotation_files: list[IngestedObject] = field(default_factory=list)
+
+
+def _folders(manifest: ManifestStore, images: Sequence[IngestedObject]) -> _Folders:
+    out = _Folders()
+    for folder in sorted({folder_of(i.uri) for i in images}):
+        objects = ingested_under(manifest, folder)
+        out.images[folder] = [
+            ImageRef(o.uri, o.width or 0, o.height or 0) for o in objects if o.is_image
+        ]
+        out.annotation_files += [o for o in objects if o.is_annotation_file]
+    return out
+
+
+def _stage(
+    store: ObjectStore,
+    staging: NvmeStaging,
+    job: str,
+    images: Sequence[IngestedObject],
+    annotation_files: Sequence[IngestedObject],
+    key: AugmentKey,
+    log_fn: Callable[[str], None],
+) -> dict[str, StagedObject]:
+    """Stage the batch's images and its folders' annotation files; keyed by URI."""
+    log_fn(f"{key}: staging {len(images)} images and {len(annotation_files)} annotation files")
+    infos = [ObjectInfo(parse_s3_uri(o.uri), o.etag, o.size) for o in [*images, *annotation_files]]
+    return {str(s.info.uri): s for s in staging.stage_in(store, infos, job, base=None)}
+
+
+def _augment_all(
+    images: Sequence[IngestedObject],
+    staged: dict[str, StagedObject],
+    regions_by_uri: dict[str, list[Region]],
+    pipeline: AugmentPipeline,
+    config: AugmentConfig,
+    staging: NvmeStaging,
+    job: str,
+) -> _Augmented:
+    """``pipeline.copies`` copies of every image, written under ``output/<job>/``."""
+    out_dir = staging.area("output", job)
+    made = _Augmented()
+    for image in images:
+        source = parse_s3_uri(image.uri)
+        pixels = decode_rgb(staged[image.uri].path)
+        regions = tuple(regions_by_uri.get(image.uri, ()))
+        for k in range(pipeline.copies):
+            seed = pipeline.seed_for(image.sha256, k)
+            result = augment_image(pixels, regions, pipeline, seed)
+            data = encode_jpeg(result.image, pipeline.quality)
+            target = augmented_image_uri(config.augmented_uri, pipeline.tag, source, k)
+            local = out_dir / source.bucket / source.key / f"aug-{k}.jpg"
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            sha = hashlib.sha256(data).hexdigest()
+            h, w = result.image.shape[:2]
+            made.outputs.append(
+                AugmentOutput(
+                    uri=str(target),
+                    etag=md5,
+                    sha256=sha,
+                    source_uri=image.uri,
+                    source_sha256=image.sha256,
+                    copy=k,
+                    seed=seed,
+                    width=w,
+                    height=h,
+                    regions=_rounded(result.regions),
+                    dropped_regions=result.dropped,
+                )
+            )
+            made.files.append((local, target))
+            made.digests[local] = (md5, sha)
+            made.boxes_in += len(regions)
+            made.boxes_dropped += result.dropped
+    made.outputs.sort(key=lambda o: o.uri)
+    return made
+
+
+def _rounded(regions: Sequence[Region]) -> tuple[Region, ...]:
+    """Regions as they read back from the manifest (coordinates at document precision), so
+    the COCO and Label Studio files agree with the manifest to the last digit."""
+    return tuple(Region.from_json(r.to_json()) for r in regions)
+
+
+def _checks(
+    images: Sequence[IngestedObject],
+    made: _Augmented,
+    pipeline: AugmentPipeline,
+    coco: dict[str, Any],
+    ls_tasks: list[dict[str, Any]],
+    ls_errors: list[str],
+) -> AugmentChecks:
+    """What the asset checks assert: every source has its copies, every box lies inside
+    its image (to 1/1000 px), COCO and Label Studio hold the same number of regions, and
+    the tasks validate against their labelling config (the first 20 errors)."""
+    return AugmentChecks(
+        every_source_has_copies=all(
+            sum(1 for o in made.outputs if o.source_uri == i.uri) == pipeline.copies for i in images
+        ),
+        boxes_inside_images=all(
+            r.bbox[0] >= 0
+            and r.bbox[1] >= 0
+            and r.bbox[0] + r.bbox[2] <= o.width + 1e-3
+            and r.bbox[1] + r.bbox[3] <= o.height + 1e-3
+            for o in made.outputs
+            for r in o.regions
+        ),
+        coco_boxes=len(coco["annotations"]),
+        label_studio_regions=sum(
+            len(a.get("result", []))
+            for t in ls_tasks
+            for a in [*t.get("annotations", []), *t.get("predictions", [])]
+        ),
+        label_studio_validation_errors=tuple(ls_errors[:20]),
+    )
+
+
+def _document(
+    key: AugmentKey,
+    config: AugmentConfig,
+    pipeline: AugmentPipeline,
+    images: Sequence[IngestedObject],
+    regions_by_uri: dict[str, list[Region]],
+    made: _Augmented,
+    intake: IntakeReport,
+) -> tuple[AugmentManifest, dict[str, Any], list[dict[str, Any]]]:
+    """The manifest, and the COCO document and Label Studio tasks of the outputs."""
+    coco = coco_document(
+        [AnnotatedImage(o.uri, o.width, o.height, o.regions) for o in made.outputs]
+    )
+    ls_tasks, ls_report = coco_to_ls(coco, image_ref=lambda name: name)
+    categories = [c["name"] for c in coco["categories"]]
+    ls_config = ls_report.label_config or label_config_for(categories, kind="rectangle")
+    ls_errors = validate_tasks(ls_tasks, ls_config) if coco["annotations"] else []
+    checks = AugmentChecks(
+        every_source_has_copies=all(
+            sum(1 for o in made.outputs if o.source_uri == i.uri) == pipeline.copies for i in images
+        ),
+        boxes_inside_images=all(
+            r.bbox[0] >= 0
+            and r.bbox[1] >= 0
+            and r.bbox[0] + r.bbox[2] <= o.width + 1e-3
+            and r.bbox[1] + r.bbox[3] <= o.height + 1e-3
+            for o in made.outputs
+            for r in o.regions
+        ),
+        coco_boxes=len(coco["annotations"]),
+        label_studio_regions=sum(
+            len(a.get("result", []))
+            for t in ls_tasks
+            for a in [*t.get("annotations", []), *t.get("predictions", [])]
+        ),
+        label_studio_validation_errors=tuple(ls_errors[:20]),
+    )
+    coco_uri, ls_uri = augment_annotation_uris(config.augmented_uri, key)
+    document = AugmentManifest(
+        partition_key=str(key),
+        batch_id=key.batch_id,
+        dataset=config.dataset_name,
+        pipeline=PipelineInfo(
+            name=pipeline.name,
+            config_hash=pipeline.config_hash,
+            copies=pipeline.copies,
+            transforms=pipeline.transforms,
+            min_visibility=pipeline.min_visibility,
+            min_area_px=pipeline.min_area_px,
+        ),
+        annotations=AnnotationFiles(
+            coco_uri=str(coco_uri),
+            label_studio_uri=str(ls_uri),
+            converter_version=ls_report.converter_version,
+            conversion_parameters=ls_report.conversion_parameters,
+            annotation_format="coco",
+            intake=intake.as_dict(),
+        ),
+        checks=checks,
+        sources=tuple(
+            AugmentSource(
+                uri=i.uri,
+                etag=i.etag,
+                sha256=i.sha256,
+                width=i.width or 0,
+                height=i.height or 0,
+                regions=_rounded(regions_by_uri.get(i.uri, ())),
+            )
+            for i in sorted(images, key=lambda i: i.uri)
+        ),
+        outputs=tuple(made.outputs),
+        totals=AugmentTotals(
+            sources=len(images),
+            outputs=len(made.outputs),
+            boxes_in=made.boxes_in,
+            boxes_out=len(coco["annotations"]),
+            boxes_dropped=made.boxes_dropped,
+            copies=pipeline.copies,
+        ),
+    )
+    return document, coco, ls_tasks

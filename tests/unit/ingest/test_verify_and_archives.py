@@ -1,0 +1,139 @@
+"""Verification of raw objects and safe ZIP expansion (pure logic, real files)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imageml_core.stages.ingest.archives import InvalidArchive, expand_zip, is_zip
+from imageml_core.stages.ingest.verify import check_annotation_file, verify_image
+from tests.helpers import jpeg_bytes, png_bytes, zip_bytes
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _image(mode: str, fmt: str, size: tuple[int, int] = (20, 10), **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "TIFF"),
+        ("RGB", "BMP"),
+    ],
+)
+def test_supported_images_pass_with_their_dimensions(tmp_path: Path, mode: str, fmt: str) -> None:
+    check = verify_image(_write(tmp_path, f"x.{fmt.lower()}", _image(mode, fmt)))
+    assert check.ok, check.reason
+    assert (check.width, check.height) == (20, 10)
+    assert check.format == fmt
+
+
+def test_bad_inputs_get_specific_reasons(tmp_path: Path) -> None:
+    good = jpeg_bytes(1, size=(256, 256))
+    assert verify_image(_write(tmp_path, "empty.jpg", b"")).reason == "empty object (0 bytes)"
+    assert (
+        verify_image(_write(tmp_path, "text.jpg", b"not an image")).reason
+        == "not an image (unrecognised format)"
+    )
+    truncated = verify_image(_write(tmp_path, "t.jpg", good[: len(good) // 2]))
+    assert not truncated.ok and "truncated" in (truncated.reason or "")
+    bomb = verify_image(
+        _write(tmp_path, "big.png", png_bytes(1, size=(200, 200))), max_pixels=100 * 100
+    )
+    assert (
+        not bomb.ok
+        and "decompression bomb" in (bomb.reason or "")
+        and "MAX_IMAGE_PIXELS=10000" in (bomb.reason or "")
+    )
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(ico, "ICO")
+    unsupported = verify_image(_write(tmp_path, "x.ico", ico.getvalue()))
+    assert unsupported.reason == "unsupported image format ICO"
+    float_tiff = verify_image(_write(tmp_path, "f.tif", _image("F", "TIFF")))
+    assert float_tiff.reason == "unsupported colour mode F"
+
+
+def test_annotation_files_are_told_apart(tmp_path: Path) -> None:
+    assert (
+        check_annotation_file(_write(tmp_path, "a.json", b'[{"data": {}}]')).format
+        == "label_studio"
+    )
+    assert (
+        check_annotation_file(
+            _write(tmp_path, "b.json", b'{"images": [], "annotations": []}')
+        ).format
+        == "coco"
+    )
+    assert "neither" in (
+        check_annotation_file(_write(tmp_path, "c.json", b'{"x": 1}')).reason or ""
+    )
+    assert "not valid JSON" in (
+        check_annotation_file(_write(tmp_path, "d.json", b"{")).reason or ""
+    )
+
+
+def test_zip_members_extracted_skipped_or_refused_with_reasons(tmp_path: Path) -> None:
+    archive = _write(
+        tmp_path,
+        "a.zip",
+        zip_bytes(
+            {
+                "dir/a.jpg": jpeg_bytes(1),
+                "b.jpg": jpeg_bytes(2),
+                "../evil.jpg": b"x",
+                "/abs.jpg": b"x",
+                "__MACOSX/._b.jpg": b"x",
+                "inner.zip": zip_bytes({"c.jpg": b"x"}),
+            }
+        ),
+    )
+    assert is_zip(archive)
+    members = {m.name: m for m in expand_zip(archive, tmp_path / "out")}
+    assert members["dir/a.jpg"].status == "extracted"
+    assert members["dir/a.jpg"].path == tmp_path / "out" / "dir" / "a.jpg"
+    assert members["dir/a.jpg"].path.read_bytes() == jpeg_bytes(1)
+    assert members["../evil.jpg"].status == "refused" and "unsafe member name" in (
+        members["../evil.jpg"].reason or ""
+    )
+    assert members["/abs.jpg"].status == "refused"
+    assert members["__MACOSX/._b.jpg"].status == "skipped"
+    assert members["inner.zip"].reason == "nested archives are not expanded"
+    assert not (tmp_path / "evil.jpg").exists()
+
+
+def test_zip_bomb_and_encrypted_members_are_refused(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * (8 * 1024 * 1024))
+    members = expand_zip(_write(tmp_path, "bomb.zip", buf.getvalue()), tmp_path / "out")
+    assert members[0].status == "refused" and "zip bomb guard" in (members[0].reason or "")
+    assert not (tmp_path / "out" / "zeros.bin").exists()
+    with pytest.raises(InvalidArchive, match="not a valid ZIP"):
+        expand_zip(_write(tmp_path, "bad.zip", b"PK\x03\x04garbage"), tmp_path / "out2")
+    # Encrypted: set the flag bit in the local and central headers of a stored member.
+    raw = bytearray(zip_bytes({"s.jpg": jpeg_bytes(3)}))
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = raw.find(sig)
+        offset = at + (6 if sig == b"PK\x03\x04" else 8)
+        raw[offset] |= 0x1
+    members = expand_zip(_write(tmp_path, "enc.zip", bytes(raw)), tmp_path / "out3")
+    assert members[0].reason == "encrypted member"

@@ -1,0 +1,274 @@
+"""Partition keys and the storage layout (imageml_core.manifest.keys).
+
+The layout asserted here is README.md "Conventions"::
+
+    BRONZE_URI/manifests/ingest/<batch>.json
+    BRONZE_URI/unzipped/<zip key>/<member>
+    AUGMENTED_URI/images/<pipeline>-<hash8>/<bucket>/<source key>/aug-<k>.jpg
+    AUGMENTED_URI/annotations/<pipeline>-<hash8>/<batch>.coco.json | .label_studio.json
+    AUGMENTED_URI/manifests/augment/<batch>@<pipeline>-<hash8>.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/<bucket>/<source key>[.jpg]
+    NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<batch>.coco.json | .label_studio.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>.json
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from imageml_core.manifest.keys import (
+    POLICY_HASH_CHARS,
+    TAG_HASH_CHARS,
+    AugmentKey,
+    InvalidPartitionKey,
+    NormalizeKey,
+    archive_member_ref,
+    augment_annotation_uris,
+    augment_manifest_uri,
+    augment_tag,
+    augmented_image_uri,
+    ingest_manifest_uri,
+    normalize_annotation_uris,
+    normalize_manifest_uri,
+    normalized_image_uri,
+    unzipped_member_uri,
+    variant_base,
+)
+from imageml_core.uris import S3Uri, parse_s3_uri
+
+BATCH = "batch-0123456789abcdef"
+CONFIG_HASH = "abcdef0123456789" + "f" * 48
+POLICY_HASH = "0123456789abcdef" + "9" * 48
+TAG = "default-abcdef01"
+
+BRONZE = S3Uri("lake-bronze", "tiers/bronze")
+AUGMENTED = S3Uri("lake-silver", "augmented")
+NORMALIZED = S3Uri("lake-silver", "normalized-tier")
+
+
+# ---------------------------------------------------------------------------- keys
+def test_hash_lengths() -> None:
+    assert TAG_HASH_CHARS == 8
+    assert POLICY_HASH_CHARS == 12
+
+
+def test_augment_tag() -> None:
+    assert augment_tag("default", "abcdef0123456789") == "default-abcdef01"
+    assert augment_tag("light", CONFIG_HASH) == "light-abcdef01"
+    assert augment_tag("my-pipeline", "1234") == "my-pipeline-1234"
+
+
+def test_augment_key_str_and_parse() -> None:
+    key = AugmentKey(BATCH, TAG)
+    assert str(key) == "batch-0123456789abcdef@default-abcdef01"
+    assert AugmentKey.parse(str(key)) == key
+    parsed = AugmentKey.parse("batch-1@light-00ff00ff")
+    assert (parsed.batch_id, parsed.tag) == ("batch-1", "light-00ff00ff")
+
+
+def test_augment_key_parse_splits_at_first_at_sign() -> None:
+    assert AugmentKey.parse("b@t@x") == AugmentKey("b", "t@x")
+
+
+@pytest.mark.parametrize("bad", ["batch-1", "@tag", "batch-1@", "@", ""])
+def test_augment_key_parse_refuses_malformed(bad: str) -> None:
+    with pytest.raises(InvalidPartitionKey) as err:
+        AugmentKey.parse(bad)
+    assert str(err.value) == f"{bad!r} is not an augment partition <batch>@<tag>"
+    assert isinstance(err.value, ValueError)
+
+
+def test_normalize_key_str_keeps_twelve_hash_characters() -> None:
+    key = NormalizeKey(BATCH, "720p", POLICY_HASH)
+    assert str(key) == "batch-0123456789abcdef|720p@0123456789ab"
+    parsed = NormalizeKey.parse(str(key))
+    assert parsed == NormalizeKey(BATCH, "720p", "0123456789ab")
+    assert parsed != key  # the full hash is not in the key
+    assert str(parsed) == str(key)
+    short = NormalizeKey(BATCH, "720p", "0123456789ab")
+    assert NormalizeKey.parse(str(short)) == short
+
+
+@pytest.mark.parametrize(
+    ("text", "batch", "variant", "policy_hash"),
+    [
+        ("batch-0123456789abcdef|800x600@0123456789ab", BATCH, "800x600", "0123456789ab"),
+        ("batch-1-2|1920x1080@aaaabbbbcccc", "batch-1-2", "1920x1080", "aaaabbbbcccc"),
+        ("batch-x|2160p@ffffffffffff", "batch-x", "2160p", "ffffffffffff"),
+        ("b|v@with@sign@h", "b", "v@with@sign", "h"),
+        ("b|v|w@h", "b", "v|w", "h"),
+    ],
+)
+def test_normalize_key_parse(text: str, batch: str, variant: str, policy_hash: str) -> None:
+    key = NormalizeKey.parse(text)
+    assert (key.batch_id, key.variant, key.policy_hash) == (batch, variant, policy_hash)
+    assert str(key) == text
+
+
+@pytest.mark.parametrize(
+    "bad", ["batch-1", "b|v", "b|@h", "|v@h", "b|v@", "b@h", "b|", "|", "", "batch-1@tag"]
+)
+def test_normalize_key_parse_refuses_malformed(bad: str) -> None:
+    with pytest.raises(InvalidPartitionKey) as err:
+        NormalizeKey.parse(bad)
+    assert str(err.value) == f"{bad!r} is not a normalize partition <batch>|<variant>@<hash12>"
+
+
+def test_keys_order_and_hash() -> None:
+    assert sorted([AugmentKey("b2", "t"), AugmentKey("b1", "z"), AugmentKey("b1", "a")]) == [
+        AugmentKey("b1", "a"),
+        AugmentKey("b1", "z"),
+        AugmentKey("b2", "t"),
+    ]
+    assert len({NormalizeKey("b", "v", "h"), NormalizeKey("b", "v", "h")}) == 1
+
+
+# ---------------------------------------------------------------------------- ingest layout
+def test_ingest_manifest_uri() -> None:
+    assert str(ingest_manifest_uri(BRONZE, BATCH)) == (
+        "s3://lake-bronze/tiers/bronze/manifests/ingest/batch-0123456789abcdef.json"
+    )
+    assert str(ingest_manifest_uri(S3Uri("lake-bronze", ""), BATCH)) == (
+        "s3://lake-bronze/manifests/ingest/batch-0123456789abcdef.json"
+    )
+    assert str(ingest_manifest_uri(parse_s3_uri("s3://lake-bronze/tiers/bronze/"), BATCH)) == (
+        "s3://lake-bronze/tiers/bronze/manifests/ingest/batch-0123456789abcdef.json"
+    )
+
+
+def test_unzipped_member_uri() -> None:
+    uri = unzipped_member_uri(BRONZE, "2024/trip/photos.zip", "day 1/IMG_0001.JPG")
+    assert uri == S3Uri(
+        "lake-bronze", "tiers/bronze/unzipped/2024/trip/photos.zip/day 1/IMG_0001.JPG"
+    )
+    assert str(uri) == (
+        "s3://lake-bronze/tiers/bronze/unzipped/2024/trip/photos.zip/day 1/IMG_0001.JPG"
+    )
+
+
+def test_archive_member_ref() -> None:
+    assert archive_member_ref("s3://raw/in/photos.zip", "dir/x.jpg") == (
+        "s3://raw/in/photos.zip#dir/x.jpg"
+    )
+    assert archive_member_ref("s3://raw/a.zip", "../evil.jpg") == "s3://raw/a.zip#../evil.jpg"
+
+
+# ---------------------------------------------------------------------------- augment layout
+def test_augment_manifest_uri() -> None:
+    assert str(augment_manifest_uri(AUGMENTED, AugmentKey(BATCH, TAG))) == (
+        "s3://lake-silver/augmented/manifests/augment/batch-0123456789abcdef@default-abcdef01.json"
+    )
+
+
+def test_augment_annotation_uris() -> None:
+    coco, ls = augment_annotation_uris(AUGMENTED, AugmentKey(BATCH, TAG))
+    assert str(coco) == (
+        "s3://lake-silver/augmented/annotations/default-abcdef01/batch-0123456789abcdef.coco.json"
+    )
+    assert str(ls) == (
+        "s3://lake-silver/augmented/annotations/default-abcdef01/"
+        "batch-0123456789abcdef.label_studio.json"
+    )
+
+
+def test_augmented_image_uri() -> None:
+    source = parse_s3_uri("s3://raw-photos/incoming/2024/cat.png")
+    assert str(augmented_image_uri(AUGMENTED, TAG, source, 0)) == (
+        "s3://lake-silver/augmented/images/default-abcdef01/"
+        "raw-photos/incoming/2024/cat.png/aug-0.jpg"
+    )
+    assert str(augmented_image_uri(AUGMENTED, TAG, source, 3)).endswith("/cat.png/aug-3.jpg")
+    # A ZIP member (in bronze) keeps its bronze bucket and key.
+    member = parse_s3_uri("s3://lake-bronze/tiers/bronze/unzipped/photos.zip/a.JPEG")
+    assert str(augmented_image_uri(AUGMENTED, "light-00000000", member, 1)) == (
+        "s3://lake-silver/augmented/images/light-00000000/lake-bronze/tiers/bronze/unzipped/"
+        "photos.zip/a.JPEG/aug-1.jpg"
+    )
+
+
+# ---------------------------------------------------------------------------- normalize layout
+def test_variant_base_uses_twelve_hash_characters() -> None:
+    base = variant_base(NORMALIZED, "800x600", POLICY_HASH)
+    assert str(base) == "s3://lake-silver/normalized-tier/normalized/800x600/0123456789ab"
+    assert variant_base(NORMALIZED, "800x600", POLICY_HASH[:12]) == base
+    assert str(variant_base(S3Uri("lake-silver", ""), "720p", POLICY_HASH)) == (
+        "s3://lake-silver/normalized/720p/0123456789ab"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "expected_key"),
+    [
+        ("s3://raw-photos/in/cat.png", "raw-photos/in/cat.png.jpg"),
+        ("s3://raw-photos/in/cat.PNG", "raw-photos/in/cat.PNG.jpg"),
+        ("s3://raw-photos/in/dog.jpg", "raw-photos/in/dog.jpg"),
+        ("s3://raw-photos/in/dog.JPEG", "raw-photos/in/dog.JPEG"),
+        ("s3://raw-photos/in/dog.jpeg", "raw-photos/in/dog.jpeg"),
+        ("s3://raw-photos/in/scan.tiff", "raw-photos/in/scan.tiff.jpg"),
+        ("s3://raw-photos/in/noext", "raw-photos/in/noext.jpg"),
+        ("s3://raw-photos/in/jpg", "raw-photos/in/jpg.jpg"),
+        (
+            "s3://lake-silver/augmented/images/default-abcdef01/raw-photos/in/cat.png/aug-0.jpg",
+            "lake-silver/augmented/images/default-abcdef01/raw-photos/in/cat.png/aug-0.jpg",
+        ),
+    ],
+)
+def test_normalized_image_uri(source: str, expected_key: str) -> None:
+    base = variant_base(NORMALIZED, "720p", POLICY_HASH)
+    assert str(normalized_image_uri(base, parse_s3_uri(source))) == (
+        f"s3://lake-silver/normalized-tier/normalized/720p/0123456789ab/{expected_key}"
+    )
+
+
+def test_normalize_manifest_uri() -> None:
+    base = variant_base(NORMALIZED, "1080p", POLICY_HASH)
+    assert str(normalize_manifest_uri(base, BATCH)) == (
+        "s3://lake-silver/normalized-tier/normalized/1080p/0123456789ab/manifests/"
+        "batch-0123456789abcdef.json"
+    )
+
+
+def test_normalize_annotation_uris() -> None:
+    base = variant_base(NORMALIZED, "1080p", POLICY_HASH)
+    coco, ls = normalize_annotation_uris(base, BATCH)
+    assert str(coco) == (
+        "s3://lake-silver/normalized-tier/normalized/1080p/0123456789ab/annotations/"
+        "batch-0123456789abcdef.coco.json"
+    )
+    assert str(ls) == (
+        "s3://lake-silver/normalized-tier/normalized/1080p/0123456789ab/annotations/"
+        "batch-0123456789abcdef.label_studio.json"
+    )
+
+
+def test_layout_matches_readme_conventions() -> None:
+    """Each line of README "Conventions" filled in with one set of values."""
+    source = parse_s3_uri("s3://raw-photos/in/cat.png")
+    akey = AugmentKey(BATCH, augment_tag("default", CONFIG_HASH))
+    base = variant_base(NORMALIZED, "720p", POLICY_HASH)
+    b, a, n = (
+        "s3://lake-bronze/tiers/bronze",
+        "s3://lake-silver/augmented",
+        ("s3://lake-silver/normalized-tier"),
+    )
+    assert [
+        str(ingest_manifest_uri(BRONZE, BATCH)),
+        str(unzipped_member_uri(BRONZE, "in/x.zip", "m/y.jpg")),
+        str(augmented_image_uri(AUGMENTED, akey.tag, source, 2)),
+        *map(str, augment_annotation_uris(AUGMENTED, akey)),
+        str(augment_manifest_uri(AUGMENTED, akey)),
+        str(normalized_image_uri(base, source)),
+        *map(str, normalize_annotation_uris(base, BATCH)),
+        str(normalize_manifest_uri(base, BATCH)),
+    ] == [
+        f"{b}/manifests/ingest/{BATCH}.json",
+        f"{b}/unzipped/in/x.zip/m/y.jpg",
+        f"{a}/images/default-abcdef01/raw-photos/in/cat.png/aug-2.jpg",
+        f"{a}/annotations/default-abcdef01/{BATCH}.coco.json",
+        f"{a}/annotations/default-abcdef01/{BATCH}.label_studio.json",
+        f"{a}/manifests/augment/{BATCH}@default-abcdef01.json",
+        f"{n}/normalized/720p/0123456789ab/raw-photos/in/cat.png.jpg",
+        f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}.coco.json",
+        f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}.label_studio.json",
+        f"{n}/normalized/720p/0123456789ab/manifests/{BATCH}.json",
+    ]
