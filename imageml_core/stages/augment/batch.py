@@ -288,26 +288,7 @@ def _document(
     categories = [c["name"] for c in coco["categories"]]
     ls_config = ls_report.label_config or label_config_for(categories, kind="rectangle")
     ls_errors = validate_tasks(ls_tasks, ls_config) if coco["annotations"] else []
-    checks = AugmentChecks(
-        every_source_has_copies=all(
-            sum(1 for o in made.outputs if o.source_uri == i.uri) == pipeline.copies for i in images
-        ),
-        boxes_inside_images=all(
-            r.bbox[0] >= 0
-            and r.bbox[1] >= 0
-            and r.bbox[0] + r.bbox[2] <= o.width + 1e-3
-            and r.bbox[1] + r.bbox[3] <= o.height + 1e-3
-            for o in made.outputs
-            for r in o.regions
-        ),
-        coco_boxes=len(coco["annotations"]),
-        label_studio_regions=sum(
-            len(a.get("result", []))
-            for t in ls_tasks
-            for a in [*t.get("annotations", []), *t.get("predictions", [])]
-        ),
-        label_studio_validation_errors=tuple(ls_errors[:20]),
-    )
+    checks = _checks(images, made, pipeline, coco, ls_tasks, ls_errors)
     coco_uri, ls_uri = augment_annotation_uris(config.augmented_uri, key)
     document = AugmentManifest(
         partition_key=str(key),
