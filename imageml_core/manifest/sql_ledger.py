@@ -1,0 +1,135 @@
+"""The ledger and batch-plan roles of the SQL manifest store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from imageml_core.manifest import schema as t
+from imageml_core.manifest.interface import (
+    BatchMember,
+    LedgerRecord,
+    ObjectVersion,
+    ProcessedObject,
+    Step,
+)
+from imageml_core.manifest.sql_base import CHUNK, LEDGER_COLUMNS, SqlBase, ledger_record, utc_now
+
+
+class LedgerSql(SqlBase):
+    """:class:`~imageml_core.manifest.interface.Ledger` and
+    :class:`~imageml_core.manifest.interface.BatchPlans` on SQL."""
+
+    # ------------------------------------------------------------------ ledger
+    def mark_processed(
+        self,
+        step: Step,
+        obj: ProcessedObject,
+        *,
+        partition_key: str | None = None,
+        run_id: str | None = None,
+    ) -> bool:
+        with self.engine.begin() as conn:
+            return (
+                self._insert_ignore(
+                    conn, t.processed_objects, [self._ledger_row(step, obj, partition_key, run_id)]
+                )
+                == 1
+            )
+
+    def is_processed(self, step: Step, uri: str, etag: str) -> bool:
+        return bool(self.processed_among(step, [ObjectVersion(uri, etag)]))
+
+    def _versions_present(
+        self, table: sa.Table, objects: Iterable[ObjectVersion], where: Any = None
+    ) -> set[ObjectVersion]:
+        wanted = list(dict.fromkeys(objects))
+        found: set[ObjectVersion] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), CHUNK):
+                chunk = wanted[start : start + CHUNK]
+                q = sa.select(table.c.object_uri, table.c.etag).where(
+                    table.c.object_uri.in_({o.uri for o in chunk})
+                )
+                if where is not None:
+                    q = q.where(where)
+                rows = {ObjectVersion(u, e) for u, e in conn.execute(q)}
+                found.update(o for o in chunk if o in rows)
+        return found
+
+    def processed_among(self, step: Step, objects: Iterable[ObjectVersion]) -> set[ObjectVersion]:
+        c = t.processed_objects.c
+        return self._versions_present(
+            t.processed_objects, objects, sa.and_(c.stage == step.stage, c.step == step.name)
+        )
+
+    def processed_objects(self, step: Step, partition_key: str | None = None) -> list[LedgerRecord]:
+        c = t.processed_objects.c
+        q = sa.select(*LEDGER_COLUMNS).where(c.stage == step.stage, c.step == step.name)
+        if partition_key is not None:
+            q = q.where(c.partition_key == partition_key)
+        with self.engine.connect() as conn:
+            return [ledger_record(r) for r in conn.execute(q.order_by(c.object_uri))]
+
+    def processed_under(self, step: Step, uri_prefix: str) -> list[LedgerRecord]:
+        c = t.processed_objects.c
+        escaped = uri_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        q = (
+            sa.select(*LEDGER_COLUMNS)
+            .where(c.stage == step.stage, c.step == step.name)
+            .where(c.object_uri.like(escaped + "%", escape="\\"))
+            .order_by(c.object_uri)
+        )
+        with self.engine.connect() as conn:
+            return [ledger_record(r) for r in conn.execute(q)]
+
+    # ------------------------------------------------------------------ batches
+    def plan_batch(self, batch_id: str, members: Sequence[BatchMember], source: str) -> bool:
+        now = utc_now()
+        rows = [
+            {
+                "batch_id": batch_id,
+                "object_uri": m.uri,
+                "etag": m.etag,
+                "size": m.size,
+                "source": source,
+                "created_at": now,
+            }
+            for m in members
+        ]
+        with self.engine.begin() as conn:
+            return self._insert_ignore(conn, t.batch_members, rows) > 0
+
+    def batch_members(self, batch_id: str) -> list[BatchMember]:
+        c = t.batch_members.c
+        q = (
+            sa.select(c.object_uri, c.etag, c.size)
+            .where(c.batch_id == batch_id)
+            .order_by(c.object_uri)
+        )
+        with self.engine.connect() as conn:
+            return [BatchMember(u, e, s) for u, e, s in conn.execute(q)]
+
+    def batch_ids(self) -> list[str]:
+        c = t.batch_members.c
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(sa.select(c.batch_id).distinct().order_by(c.batch_id)).scalars()
+            )
+
+    def unpublished_batch_ids(self, step: Step) -> list[str]:
+        b, m = t.batch_members.c, t.manifests.c
+        published = sa.select(m.partition_key).where(m.stage == step.stage, m.step == step.name)
+        q = (
+            sa.select(b.batch_id)
+            .distinct()
+            .where(b.batch_id.not_in(published))
+            .order_by(b.batch_id)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())
+
+    def planned_among(self, objects: Iterable[ObjectVersion]) -> set[ObjectVersion]:
+        return self._versions_present(t.batch_members, objects)
