@@ -48,4 +48,5 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    """The code location's definitions: :func:`build_definitions` with settings from the env."""
     return build_definitions()

@@ -21,7 +21,3 @@ def quarantine_table(items: Iterable[tuple[str, str | None]]) -> dg.TableMetadat
         for uri, reason in list(items)[:MAX_ROWS]
     ]
     return dg.MetadataValue.table(records, schema=QUARANTINE_SCHEMA)
-
-
-def s3_link(uri: str) -> dg.UrlMetadataValue:
-    return dg.MetadataValue.url(uri)

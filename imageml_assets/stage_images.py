@@ -31,6 +31,11 @@ def stage_image(stage: str) -> str:
 
 
 def stage_op_tags(stage: str) -> dict[str, Any]:
+    """``op_tags`` that run a stage's steps in its own image (:func:`stage_image`) under the k8s
+    executor: CPU/memory requests (memory limit = request), the NVMe host path
+    (``IMAGEML_NVME_HOST_PATH``, default ``/mnt/nvme``) mounted at ``/mnt/nvme`` as
+    ``NVME_ROOT``, and a node selector ``imageml.io/nvme=true``. Raises ValueError for a stage
+    not in :data:`STAGES`."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     requests = _DEFAULT_RESOURCES[stage]

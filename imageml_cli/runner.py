@@ -39,6 +39,11 @@ SENSOR = "raw_objects_sensor"
 
 @dataclass
 class StageRun:
+    """One in-process run: ``stage`` names the stages it ran joined by ``+`` (e.g.
+    ``ingest+augment``); ``metadata`` maps asset key to its materialization metadata, plus
+    ``error`` (the step failure message) when the run failed; ``failed_checks`` maps
+    ``"<asset> <check>"`` to the metadata of each asset check that did not pass."""
+
     stage: str
     partition_key: str
     run_id: str
@@ -50,12 +55,16 @@ class StageRun:
 
 @dataclass
 class RunSummary:
+    """What :func:`run_pipeline` did: every run, how many materializations it mirrored into
+    the manifest store, and the wall-clock time in seconds."""
+
     runs: list[StageRun] = field(default_factory=list)
     mirrored: int = 0
     seconds: float = 0.0
 
     @property
     def failed(self) -> list[StageRun]:
+        """The runs that did not succeed."""
         return [r for r in self.runs if not r.success]
 
 
@@ -77,7 +86,7 @@ def _stages_until(until: str) -> list[str]:
 
 def _augment_behind(store: ManifestStore, resources: dict[str, Any]) -> list[str]:
     """Ingested batches without an augment manifest for the current pipeline."""
-    tag = resources["augmentation"].get_pipeline().tag
+    tag = resources["augmentation"].get_spec().tag
     return [
         m.partition_key
         for m in store.manifests(INGEST)
@@ -88,7 +97,7 @@ def _augment_behind(store: ManifestStore, resources: dict[str, Any]) -> list[str
 def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[NormalizeKey]:
     """(batch, variant) partitions not published for the current policy, of every batch
     augmented with the current pipeline."""
-    tag = resources["augmentation"].get_pipeline().tag
+    tag = resources["augmentation"].get_spec().tag
     policy = resources["normalization"].get_policy()
     augmented = [
         m.partition_key
@@ -109,10 +118,21 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     log_level: str = "INFO",
 ) -> RunSummary:
+    """Run every stage up to ``until`` (ingest, augment or normalize) once, in process.
+
+    New batches come from the raw-objects sensor with an empty cursor; earlier batches not yet
+    augmented or normalized for the current pipeline and policy are added. Materializations
+    are then mirrored into the manifest store. Progress goes to ``echo``; failed runs are
+    recorded in the summary, not raised. Raises ValueError for an unknown ``until``, and
+    :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError` for a bad pipeline."""
     stages = _stages_until(until)
     started = time.monotonic()
     defs = build_definitions(settings)
     resources = build_resources(settings)
+    if "augment" in stages:
+        # Checks the transforms before any work (the runs execute in this process, so the
+        # import is paid once).
+        resources["augmentation"].get_pipeline()
     store = open_manifest_store(settings.manifest_db_url)
     job = defs.resolve_job_def(ingest_and_augment_job.name)
     summary = RunSummary()

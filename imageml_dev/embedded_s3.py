@@ -27,6 +27,8 @@ class EmbeddedServiceError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS reports free on ``host`` (bound to port 0, then released: another
+    process may take it before it is used)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -74,9 +76,15 @@ class EmbeddedS3:
 
     @property
     def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<s3_port>``: the S3 endpoint for clients."""
         return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self, timeout_s: float = 60.0) -> EmbeddedS3:
+        """Launch ``weed mini`` (a free port unless ``s3_port`` is set and free; log in
+        ``log_path``, default ``<data_dir>.weed.log`` beside it) and wait until S3 answers.
+
+        Returns self. Raises :class:`EmbeddedServiceError` if ``weed`` is missing, exits, or does
+        not answer within ``timeout_s`` seconds (it is stopped first)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.s3_port or not _port_is_free(self.s3_port):
             self.s3_port = free_port()
@@ -142,6 +150,8 @@ class EmbeddedS3:
         return True
 
     def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the server's process group, SIGKILL after ``grace_s`` seconds; waits for it to
+        exit. A no-op if it is not running."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return

@@ -36,6 +36,9 @@ class Box:
 
 
 def render_image(rng: random.Random, width: int, height: int) -> tuple[Image.Image, list[Box]]:
+    """An RGB ``width`` x ``height`` image with 1-4 shapes on noise, and their boxes (pixels,
+    top-left corner, size = shape size + 1 as drawn); the same ``rng`` state gives the same
+    image."""
     base = tuple(rng.randint(0, 90) for _ in range(3))
     img = Image.effect_noise((width, height), rng.uniform(10, 30)).convert("RGB")
     img = Image.blend(img, Image.new("RGB", (width, height), base), 0.7)  # type: ignore[arg-type]
@@ -68,6 +71,9 @@ def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
 def label_studio_task(
     task_id: int, image_ref: str, width: int, height: int, boxes: list[Box]
 ) -> dict:
+    """A Label Studio task for ``image_ref`` with one annotation (id ``task_id``): a
+    ``rectanglelabels`` result per box, pixel boxes converted to percent of ``width`` x
+    ``height``."""
     return {
         "id": task_id,
         "data": {"image": image_ref},
@@ -100,6 +106,9 @@ def label_studio_task(
 
 
 def coco_document(images: list[tuple[str, int, int, list[Box]]]) -> dict:
+    """A COCO document for ``(file name, width, height, boxes)`` entries: image and
+    annotation ids from 1 in input order, category ids from 1 in :data:`CLASSES` order,
+    boxes as pixel ``[x, y, width, height]``, ``iscrowd`` 0."""
     cats = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)]
     cat_id = {c["name"]: c["id"] for c in cats}
     doc: dict = {"images": [], "annotations": [], "categories": cats}

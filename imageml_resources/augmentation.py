@@ -3,7 +3,12 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from imageml_core.stages.augment.pipeline import AugmentPipeline, load_pipeline
+from imageml_core.stages.augment.pipeline import (
+    AugmentPipeline,
+    PipelineSpec,
+    load_pipeline,
+    read_pipeline,
+)
 
 
 class AugmentationResource(dg.ConfigurableResource):
@@ -13,10 +18,18 @@ class AugmentationResource(dg.ConfigurableResource):
     pipeline: str
     copies: int | None = None
 
+    _spec: PipelineSpec | None = PrivateAttr(default=None)
     _loaded: AugmentPipeline | None = PrivateAttr(default=None)
 
+    def get_spec(self) -> PipelineSpec:
+        """The pipeline's spec and tag, without importing Albumentations (sensors, the
+        normalize step); raises :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError`."""
+        if self._spec is None:
+            self._spec = read_pipeline(self.pipeline, copies=self.copies)
+        return self._spec
+
     def get_pipeline(self) -> AugmentPipeline:
-        """The loaded pipeline (once per resource); raises
+        """The pipeline ready to run (once per resource); raises
         :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError`."""
         if self._loaded is None:
             self._loaded = load_pipeline(self.pipeline, copies=self.copies)

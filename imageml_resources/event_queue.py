@@ -21,6 +21,7 @@ class EventQueueResource(dg.ConfigurableResource):
 
     @property
     def enabled(self) -> bool:
+        """True when a queue URL is set (event mode on)."""
         return bool(self.queue_url)
 
     def get_source(self) -> SqsEventSource:

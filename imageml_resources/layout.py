@@ -31,6 +31,7 @@ class DataLayoutResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DataLayoutResource":
+        """The resource for validated settings (tier URIs as strings)."""
         return cls(
             raw_uri=str(settings.raw_uri),
             bronze_uri=str(settings.bronze_uri),
@@ -53,4 +54,5 @@ class DataLayoutResource(dg.ConfigurableResource):
 
     @property
     def ingest_batch_max_bytes(self) -> int:
+        """``ingest_batch_max_mb`` in bytes (MiB x 1024 x 1024)."""
         return self.ingest_batch_max_mb * 1024 * 1024

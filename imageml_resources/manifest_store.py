@@ -32,6 +32,7 @@ class ManifestStoreResource(dg.ConfigurableResource):
     _store: ManifestStore | None = PrivateAttr(default=None)
 
     def get_store(self) -> ManifestStore:
+        """The process-wide, migrated store for ``url`` (:func:`open_manifest_store`)."""
         if self._store is None:
             self._store = open_manifest_store(self.url)
         return self._store

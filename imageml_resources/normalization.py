@@ -21,6 +21,7 @@ class NormalizationResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "NormalizationResource":
+        """The resource for validated settings (the ``normalize_*`` values)."""
         return cls(
             sizes=settings.normalize_sizes,
             fit=settings.normalize_fit,
@@ -39,4 +40,5 @@ class NormalizationResource(dg.ConfigurableResource):
         )
 
     def variant_names(self) -> list[str]:
+        """The variants' names in ``sizes`` order; raises ``InvalidSizeToken`` for bad sizes."""
         return [v.name for v in parse_sizes(self.sizes)]

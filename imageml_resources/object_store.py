@@ -23,6 +23,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
     _client: ObjectStore | None = PrivateAttr(default=None)
 
     def get_client(self) -> ObjectStore:
+        """The resource's :class:`ObjectStore`, created on first call and reused."""
         if self._client is None:
             self._client = ObjectStore(
                 endpoint_url=self.endpoint_url,

@@ -12,4 +12,5 @@ class NvmeStagingResource(dg.ConfigurableResource):
     min_free_gb: float = 0.0
 
     def get_staging(self) -> NvmeStaging:
+        """A new :class:`NvmeStaging` on ``root``, its area folders created."""
         return NvmeStaging(self.root, self.min_free_gb)

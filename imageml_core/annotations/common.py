@@ -73,6 +73,7 @@ class ConversionReport:
         self.skipped.append({"level": level, **ids, "reason": reason})
 
     def skipped_count(self, level: str) -> int:
+        """How many skipped items are at ``level`` (task, annotation, result or image)."""
         return sum(1 for s in self.skipped if s["level"] == level)
 
     def as_dict(self) -> dict[str, Any]:

@@ -40,12 +40,20 @@ class ImageRef:
 
 @dataclass
 class IntakeReport:
+    """What annotation intake found (stored in the augment manifest).
+
+    ``files``: one entry per annotation file, with its format and conversion, or ``error``
+    when it is not JSON of a known format; ``unmatched_names``: names matching no ingested
+    image of the file's folder; ``named_twice``: images a later file named again (the file
+    that sorts first wins); ``not_converted``: Label Studio items the conversion skipped."""
+
     files: list[dict[str, Any]] = field(default_factory=list)
     unmatched_names: list[dict[str, str]] = field(default_factory=list)
     named_twice: list[dict[str, Any]] = field(default_factory=list)
     not_converted: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """The four lists as a JSON-ready dict."""
         return {
             "files": self.files,
             "unmatched_names": self.unmatched_names,
@@ -55,10 +63,13 @@ class IntakeReport:
 
 
 def folder_of(uri: str) -> str:
+    """The URI up to its last ``/`` (no trailing slash): the folder an object is in."""
     return uri.rsplit("/", 1)[0]
 
 
 def base_name(ref: str) -> str:
+    """The file name in a path, URI or URL: after the last ``/`` or ``\\``, query string
+    removed."""
     return ref.replace("\\", "/").rsplit("/", 1)[-1].split("?", 1)[0]
 
 

@@ -35,6 +35,7 @@ class PlannedBatch:
 
     @property
     def total_bytes(self) -> int:
+        """Sum of the members' sizes, in bytes."""
         return sum(m.size for m in self.members)
 
 

@@ -33,13 +33,19 @@ class DiscoveryCursor:
 
     @classmethod
     def parse(cls, raw: str | None) -> DiscoveryCursor:
+        """The cursor a sensor stored; anything unreadable (also one edited by hand in the
+        UI, e.g. a key that is not a string) gives the empty cursor: one full scan."""
         if not raw:
             return cls()
         try:
             data = json.loads(raw)
-            return cls(data.get("last_key"), int(data.get("ticks_since_full_scan", 0)))
+            last_key = data.get("last_key")
+            ticks = int(data.get("ticks_since_full_scan", 0))
         except (ValueError, TypeError, AttributeError):
-            return cls()  # an unreadable cursor only costs one full scan
+            return cls()
+        if not (last_key is None or isinstance(last_key, str)) or ticks < 0:
+            return cls()
+        return cls(last_key, ticks)
 
     def serialize(self) -> str:
         return json.dumps(

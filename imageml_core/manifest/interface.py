@@ -82,6 +82,7 @@ class LedgerRecord:
 
     @property
     def ok(self) -> bool:
+        """True when ``status`` is ok (not quarantined or skipped)."""
         return self.status == STATUS_OK
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class Lineage:
 
     @property
     def empty(self) -> bool:
+        """True when the store knows nothing of ``uri``: no ledger records and no edges."""
         return not (self.records or self.upstream or self.downstream)
 
     def to_json(self) -> dict[str, Any]:
@@ -224,7 +226,8 @@ class Ledger(Protocol):
         """Record ``obj`` as processed; True only for the one writer that created the record."""
 
     @abc.abstractmethod
-    def is_processed(self, step: Step, uri: str, etag: str) -> bool: ...
+    def is_processed(self, step: Step, uri: str, etag: str) -> bool:
+        """Whether ``uri`` at exactly ``etag`` has a ledger entry for ``step`` (any status)."""
 
     @abc.abstractmethod
     def processed_among(self, step: Step, objects: Iterable[ObjectVersion]) -> set[ObjectVersion]:
@@ -247,7 +250,8 @@ class BatchPlans(Protocol):
         """Record a batch's members; True if the batch was new."""
 
     @abc.abstractmethod
-    def batch_members(self, batch_id: str) -> list[BatchMember]: ...
+    def batch_members(self, batch_id: str) -> list[BatchMember]:
+        """The members of ``batch_id`` in URI order; empty for a batch never planned."""
 
     @abc.abstractmethod
     def unpublished_batch_ids(self, step: Step) -> list[str]:
@@ -264,12 +268,14 @@ class Checkpoints(Protocol):
     @abc.abstractmethod
     def save_checkpoint(
         self, step: Step, partition_key: str, name: str, payload: Mapping[str, Any]
-    ) -> None: ...
+    ) -> None:
+        """Save JSON-ready ``payload`` under (step, partition, name), replacing any earlier one."""
 
     @abc.abstractmethod
     def load_checkpoint(
         self, step: Step, partition_key: str, name: str
-    ) -> Mapping[str, Any] | None: ...
+    ) -> Mapping[str, Any] | None:
+        """The payload saved under (step, partition, name); None if nothing was saved."""
 
     @abc.abstractmethod
     def claim(self, step: Step, partition_key: str, name: str, holder: str, ttl_s: float) -> bool:
@@ -290,17 +296,21 @@ class Publications(Protocol):
         """Write objects, edges, dataset version and manifest atomically; False if it existed."""
 
     @abc.abstractmethod
-    def get_manifest(self, step: Step, partition_key: str) -> ManifestRecord | None: ...
+    def get_manifest(self, step: Step, partition_key: str) -> ManifestRecord | None:
+        """The manifest published for (step, partition); None if it has not been published."""
 
     @abc.abstractmethod
     def manifests(self, step: Step | None = None, *, after_id: int = 0) -> list[ManifestRecord]:
         """Published manifests in publication order; ``after_id`` pages like a cursor."""
 
     @abc.abstractmethod
-    def get_or_create_dataset(self, name: str) -> int: ...
+    def get_or_create_dataset(self, name: str) -> int:
+        """The id of dataset ``name``, created if missing; raises ValueError unless the name is
+        1-200 characters."""
 
     @abc.abstractmethod
-    def dataset_versions(self, name: str) -> list[DatasetVersion]: ...
+    def dataset_versions(self, name: str) -> list[DatasetVersion]:
+        """Versions of dataset ``name`` in creation order; empty for an unknown name."""
 
 
 class LineageGraph(Protocol):
@@ -313,7 +323,9 @@ class LineageGraph(Protocol):
         *,
         run_id: str | None = None,
         partition_key: str | None = None,
-    ) -> int: ...
+    ) -> int:
+        """Record ``edges`` with their run and partition, skipping known edges; returns how
+        many were new."""
 
     @abc.abstractmethod
     def lineage(self, uri: str) -> Lineage:
@@ -324,7 +336,8 @@ class MaterializationMirror(Protocol):
     """Dagster materialization metadata copied into the store."""
 
     @abc.abstractmethod
-    def last_mirrored_storage_id(self, asset_key: str) -> int: ...
+    def last_mirrored_storage_id(self, asset_key: str) -> int:
+        """Highest Dagster event-log storage id mirrored for ``asset_key``; 0 if none."""
 
     @abc.abstractmethod
     def mirror_materializations(self, rows: Sequence[MirroredMaterialization]) -> int:
@@ -333,7 +346,8 @@ class MaterializationMirror(Protocol):
     @abc.abstractmethod
     def mirrored_materializations(
         self, asset_key: str | None = None
-    ) -> list[MirroredMaterialization]: ...
+    ) -> list[MirroredMaterialization]:
+        """Mirrored rows (of one asset key when given), in storage-id order."""
 
 
 class ManifestStore(

@@ -89,6 +89,7 @@ class NormalizeKey:
 
 # --------------------------------------------------------------------------- ingest
 def ingest_manifest_uri(bronze_uri: S3Uri, batch_id: str) -> S3Uri:
+    """``BRONZE_URI/manifests/ingest/<batch>.json``: where an ingest batch's manifest lives."""
     return bronze_uri.join("manifests", "ingest", f"{batch_id}.json")
 
 
@@ -105,6 +106,7 @@ def archive_member_ref(zip_uri: str, member: str) -> str:
 
 # --------------------------------------------------------------------------- augment
 def augment_manifest_uri(augmented_uri: S3Uri, key: AugmentKey) -> S3Uri:
+    """``AUGMENTED_URI/manifests/augment/<batch>@<tag>.json``: an augment partition's manifest."""
     return augmented_uri.join("manifests", "augment", f"{key}.json")
 
 
@@ -137,6 +139,7 @@ def normalized_image_uri(base: S3Uri, source: S3Uri) -> S3Uri:
 
 
 def normalize_manifest_uri(base: S3Uri, batch_id: str) -> S3Uri:
+    """``<variant base>/manifests/<batch>.json`` (``base`` from :func:`variant_base`)."""
     return base.join("manifests", f"{batch_id}.json")
 
 

@@ -24,6 +24,7 @@ CHUNK = 500  # rows per IN (...) query: well below SQLite's bound-parameter limi
 
 
 def utc_now() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
 
 
@@ -49,6 +50,7 @@ def utc(stamp: datetime) -> datetime:
 
 
 def ledger_record(row: Any) -> LedgerRecord:
+    """A :class:`LedgerRecord` from a result row selected with :data:`LEDGER_COLUMNS`."""
     return LedgerRecord(**row._mapping)
 
 
@@ -66,6 +68,11 @@ def normalize_db_url(url: str) -> str:
 
 
 def create_store_engine(url: str) -> Engine:
+    """An engine for ``url`` (normalised by :func:`normalize_db_url`).
+
+    SQLite: creates the database file's folder, 60 s busy timeout, WAL journal, foreign keys
+    on, and ``BEGIN IMMEDIATE`` for every transaction. Anything else (PostgreSQL): a pool of 5
+    (10 overflow) with pre-ping."""
     url = normalize_db_url(url)
     if url.startswith("sqlite"):
         db_path = sa.engine.make_url(url).database
@@ -102,6 +109,7 @@ class SqlBase:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
+        """Dispose of the engine's connection pool."""
         self.engine.dispose()
 
     # ------------------------------------------------------------------ helpers

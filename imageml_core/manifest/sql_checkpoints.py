@@ -22,6 +22,7 @@ class CheckpointsSql(SqlBase):
     def save_checkpoint(
         self, step: Step, partition_key: str, name: str, payload: Mapping[str, Any]
     ) -> None:
+        """Upsert (INSERT ... ON CONFLICT DO UPDATE) of the payload and ``updated_at``."""
         row = {
             "stage": step.stage,
             "step": step.name,
@@ -41,6 +42,7 @@ class CheckpointsSql(SqlBase):
     def load_checkpoint(
         self, step: Step, partition_key: str, name: str
     ) -> Mapping[str, Any] | None:
+        """The stored payload, or None when no row exists."""
         c = t.checkpoints.c
         q = sa.select(c.payload).where(
             c.stage == step.stage,
@@ -52,6 +54,8 @@ class CheckpointsSql(SqlBase):
             return conn.execute(q).scalar()
 
     def claim(self, step: Step, partition_key: str, name: str, holder: str, ttl_s: float) -> bool:
+        """Insert-or-ignore the ``lease:<name>`` row, else an UPDATE guarded by ``updated_at`` older
+        than ``ttl_s`` seconds; True only if this caller's insert or update hit the row."""
         now = utc_now()
         lease = f"lease:{name}"
         row = {
@@ -82,6 +86,7 @@ class CheckpointsSql(SqlBase):
             return taken == 1
 
     def release(self, step: Step, partition_key: str, name: str, holder: str) -> None:
+        """Deletes the ``lease:<name>`` row only if its payload names ``holder``; else no-op."""
         c = t.checkpoints.c
         with self.engine.begin() as conn:
             rows = conn.execute(

@@ -31,6 +31,7 @@ class LedgerSql(SqlBase):
         partition_key: str | None = None,
         run_id: str | None = None,
     ) -> bool:
+        """INSERT ... ON CONFLICT DO NOTHING; True only for the writer that created the row."""
         with self.engine.begin() as conn:
             return (
                 self._insert_ignore(
@@ -40,6 +41,7 @@ class LedgerSql(SqlBase):
             )
 
     def is_processed(self, step: Step, uri: str, etag: str) -> bool:
+        """:meth:`processed_among` of the one version (a ledger row of any status counts)."""
         return bool(self.processed_among(step, [ObjectVersion(uri, etag)]))
 
     def _versions_present(
@@ -60,12 +62,14 @@ class LedgerSql(SqlBase):
         return found
 
     def processed_among(self, step: Step, objects: Iterable[ObjectVersion]) -> set[ObjectVersion]:
+        """Selects by URI in chunks of :data:`CHUNK`, then matches the ETag in Python."""
         c = t.processed_objects.c
         return self._versions_present(
             t.processed_objects, objects, sa.and_(c.stage == step.stage, c.step == step.name)
         )
 
     def processed_objects(self, step: Step, partition_key: str | None = None) -> list[LedgerRecord]:
+        """All of the step's rows when ``partition_key`` is None; ordered by URI."""
         c = t.processed_objects.c
         q = sa.select(*LEDGER_COLUMNS).where(c.stage == step.stage, c.step == step.name)
         if partition_key is not None:
@@ -74,6 +78,7 @@ class LedgerSql(SqlBase):
             return [ledger_record(r) for r in conn.execute(q.order_by(c.object_uri))]
 
     def processed_under(self, step: Step, uri_prefix: str) -> list[LedgerRecord]:
+        """``LIKE <prefix>%`` with ``%``, ``_`` and ``\\`` in the prefix escaped; ordered by URI."""
         c = t.processed_objects.c
         escaped = uri_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         q = (
@@ -87,6 +92,7 @@ class LedgerSql(SqlBase):
 
     # ------------------------------------------------------------------ batches
     def plan_batch(self, batch_id: str, members: Sequence[BatchMember], source: str) -> bool:
+        """Insert-or-ignore per (batch, URI); True if any member row was new."""
         now = utc_now()
         rows = [
             {
@@ -103,6 +109,7 @@ class LedgerSql(SqlBase):
             return self._insert_ignore(conn, t.batch_members, rows) > 0
 
     def batch_members(self, batch_id: str) -> list[BatchMember]:
+        """The batch's rows ordered by URI; empty for an unknown batch."""
         c = t.batch_members.c
         q = (
             sa.select(c.object_uri, c.etag, c.size)
@@ -113,6 +120,7 @@ class LedgerSql(SqlBase):
             return [BatchMember(u, e, s) for u, e, s in conn.execute(q)]
 
     def batch_ids(self) -> list[str]:
+        """Every planned batch id, sorted (not part of the store interface)."""
         c = t.batch_members.c
         with self.engine.connect() as conn:
             return list(
@@ -120,6 +128,7 @@ class LedgerSql(SqlBase):
             )
 
     def unpublished_batch_ids(self, step: Step) -> list[str]:
+        """Planned batch ids, sorted, with no manifest row for ``step`` under that partition key."""
         b, m = t.batch_members.c, t.manifests.c
         published = sa.select(m.partition_key).where(m.stage == step.stage, m.step == step.name)
         q = (
@@ -132,4 +141,5 @@ class LedgerSql(SqlBase):
             return list(conn.execute(q).scalars())
 
     def planned_among(self, objects: Iterable[ObjectVersion]) -> set[ObjectVersion]:
+        """Selects batch members by URI in chunks of :data:`CHUNK`, then matches the ETag."""
         return self._versions_present(t.batch_members, objects)

@@ -30,6 +30,7 @@ class LineageSql(SqlBase):
         run_id: str | None = None,
         partition_key: str | None = None,
     ) -> int:
+        """Insert-or-ignore on (input, output, stage, step); returns the number of rows created."""
         with self.engine.begin() as conn:
             return self._insert_ignore(
                 conn, t.lineage_edges, self._edge_rows(edges, run_id, partition_key)
@@ -75,6 +76,7 @@ class LineageSql(SqlBase):
 
     # ------------------------------------------------------------------ Dagster mirror
     def last_mirrored_storage_id(self, asset_key: str) -> int:
+        """``MAX(storage_id)`` for the asset key, 0 when none is mirrored."""
         c = t.dagster_materializations.c
         with self.engine.connect() as conn:
             return (
@@ -85,6 +87,7 @@ class LineageSql(SqlBase):
             )
 
     def mirror_materializations(self, rows: Sequence[MirroredMaterialization]) -> int:
+        """Insert-or-ignore on ``storage_id`` (timestamps stored as UTC); returns rows created."""
         values = [
             {
                 "storage_id": r.storage_id,
@@ -102,6 +105,7 @@ class LineageSql(SqlBase):
     def mirrored_materializations(
         self, asset_key: str | None = None
     ) -> list[MirroredMaterialization]:
+        """Ordered by ``storage_id``; ``timestamp`` read back as epoch seconds (UTC)."""
         c = t.dagster_materializations.c
         q = sa.select(t.dagster_materializations).order_by(c.storage_id)
         if asset_key is not None:

@@ -38,6 +38,8 @@ class SqlManifestStore(LedgerSql, CheckpointsSql, LineageSql, ManifestStore):
 
     # ------------------------------------------------------------------ schema
     def migrate(self) -> None:
+        """Alembic upgrade to head from ``migrations/``, in one transaction; a process-wide lock,
+        and on PostgreSQL an advisory lock, serialise concurrent callers."""
         from alembic import command
         from alembic.config import Config
 
@@ -51,6 +53,7 @@ class SqlManifestStore(LedgerSql, CheckpointsSql, LineageSql, ManifestStore):
             command.upgrade(cfg, "head")
 
     def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at; None before the first :meth:`migrate`."""
         with self.engine.connect() as conn:
             if not sa.inspect(conn).has_table("alembic_version"):
                 return None
@@ -58,12 +61,14 @@ class SqlManifestStore(LedgerSql, CheckpointsSql, LineageSql, ManifestStore):
 
     # ------------------------------------------------------------------ datasets
     def get_or_create_dataset(self, name: str) -> int:
+        """Insert-or-ignore on the unique name; raises ValueError unless ``name`` is 1-200 chars."""
         if not name or len(name) > 200:
             raise ValueError(f"dataset name must be 1-200 characters, got {name!r}")
         with self.engine.begin() as conn:
             return self._dataset_id(conn, name)
 
     def dataset_versions(self, name: str) -> list[DatasetVersion]:
+        """Versions of dataset ``name`` ordered by id; empty for an unknown name."""
         q = (
             sa.select(t.dataset_versions)
             .join(t.datasets, t.datasets.c.id == t.dataset_versions.c.dataset_id)
@@ -75,6 +80,8 @@ class SqlManifestStore(LedgerSql, CheckpointsSql, LineageSql, ManifestStore):
 
     # ------------------------------------------------------------------ manifests
     def publish(self, publication: ManifestPublication) -> bool:
+        """One transaction: dataset, version (``<step>/<partition>``, ok objects counted), ledger
+        rows, edges, then the manifest row; False if (step, partition) was already published."""
         p = publication
         now = utc_now()
         with self.engine.begin() as conn:
@@ -142,6 +149,7 @@ class SqlManifestStore(LedgerSql, CheckpointsSql, LineageSql, ManifestStore):
             return created == 1
 
     def get_manifest(self, step: Step, partition_key: str) -> ManifestRecord | None:
+        """The manifest row for (stage, step, partition); None if unpublished."""
         c = t.manifests.c
         q = sa.select(t.manifests).where(
             c.stage == step.stage, c.step == step.name, c.partition_key == partition_key

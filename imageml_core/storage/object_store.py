@@ -323,6 +323,7 @@ class ObjectStore:
 
     # ------------------------------------------------------------------ bytes
     def get_bytes(self, uri: S3Uri) -> bytes:
+        """The whole object in memory; raises :class:`ObjectNotFound` if it does not exist."""
         try:
             resp = self.client.get_object(Bucket=uri.bucket, Key=uri.key)
         except ClientError as exc:

@@ -62,6 +62,8 @@ class NvmeStaging:
 
     # ------------------------------------------------------------------ paths
     def area(self, area: str, job: str) -> Path:
+        """``<root>/<area>/<job>``, created if missing. Raises ValueError unless ``area`` is
+        input, work or output, and :class:`UnsafeKey` if ``job`` is not a safe directory name."""
         if area not in AREAS[:3]:
             raise ValueError(f"staging area must be one of input, work, output; got {area!r}")
         if not _SAFE_JOB.fullmatch(job):
@@ -81,6 +83,7 @@ class NvmeStaging:
 
     # ------------------------------------------------------------------ capacity
     def free_bytes(self) -> int:
+        """Free space on the staging volume, in bytes."""
         return shutil.disk_usage(self.root).free
 
     def check_capacity(self, needed_bytes: int) -> None:

@@ -10,4 +10,6 @@ __all__ = ["build_defs"]
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
+    """The ``augmented_images`` asset for ``settings``; reads ``AUGMENT_PIPELINE``, so a bad
+    pipeline fails here (:class:`~imageml_core.stages.augment.pipeline.PipelineConfigError`)."""
     return dg.Definitions(assets=[build_augmented_images(settings)])

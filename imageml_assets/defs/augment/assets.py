@@ -7,7 +7,7 @@ from imageml_assets.stage_images import stage_op_tags
 from imageml_core.manifest.documents import AugmentChecks
 from imageml_core.settings import Settings
 from imageml_core.stages.augment.batch import AugmentConfig, augment_batch
-from imageml_core.stages.augment.pipeline import load_pipeline
+from imageml_core.stages.augment.pipeline import read_pipeline
 from imageml_resources import (
     AugmentationResource,
     DataLayoutResource,
@@ -44,9 +44,11 @@ def check_results(checks: AugmentChecks) -> list[dg.AssetCheckResult]:
 
 def build_augmented_images(settings: Settings) -> dg.AssetsDefinition:
     """The asset; its code version is the pipeline's ``<name>-<hash8>`` tag (a changed
-    pipeline or library version marks every batch stale in the UI). Loading the pipeline
-    here makes a bad ``AUGMENT_PIPELINE`` fail when the code location loads."""
-    tag = load_pipeline(settings.augment_pipeline, copies=settings.augment_copies).tag
+    pipeline or library version marks every batch stale in the UI). Reading the pipeline
+    here makes a missing or malformed ``AUGMENT_PIPELINE`` fail when the code location
+    loads (its transforms are built, and checked, by the run: Albumentations is slow to
+    import)."""
+    tag = read_pipeline(settings.augment_pipeline, copies=settings.augment_copies).tag
 
     @dg.asset(
         name="augmented_images",

@@ -12,6 +12,7 @@ __all__ = ["EVERY_OBJECT_RECORDED", "build_defs"]
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
+    """``raw_images``, the stage 1 job and the polling and SQS sensors that launch it."""
     return dg.Definitions(
         assets=[build_raw_images(settings)],
         jobs=[ingest_and_augment_job],

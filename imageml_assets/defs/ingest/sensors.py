@@ -63,6 +63,12 @@ def raw_objects_sensor(
     manifest_store: ManifestStoreResource,
     layout: DataLayoutResource,
 ) -> dg.SensorResult:
+    """Discover new raw objects, plan them into batches and request a run per new batch
+    (on a full scan also per batch planned earlier and still unpublished).
+
+    Cursor: :class:`~imageml_core.discovery.DiscoveryCursor` as JSON,
+    ``{"last_key": <greatest raw key seen>, "ticks_since_full_scan": <n>}``; an unreadable
+    cursor means a full scan."""
     found = discover(
         object_store.get_client(),
         manifest_store.get_store(),
@@ -98,6 +104,11 @@ def raw_events_sensor(
     manifest_store: ManifestStoreResource,
     layout: DataLayoutResource,
 ) -> dg.SensorResult | dg.SkipReason:
+    """Delete the messages the previous tick received, then receive events, plan batches
+    and request a run per new batch; skips while ``RAW_EVENTS_QUEUE_URL`` is unset.
+
+    Cursor: JSON ``{"delete": [[message id, receipt handle], ...]}``, every message this tick
+    received, for the next tick to delete (phase 2, see the module docstring)."""
     if not event_queue.enabled:
         return dg.SkipReason(
             "RAW_EVENTS_QUEUE_URL is not set: event mode is off (polling still runs)"

@@ -11,4 +11,5 @@ __all__ = ["build_defs", "mirror_materializations"]
 
 
 def build_defs(asset_keys: Sequence[dg.AssetKey]) -> dg.Definitions:
+    """The mirror sensor for ``asset_keys`` (:func:`build_mirror_sensor`)."""
     return dg.Definitions(sensors=[build_mirror_sensor(list(asset_keys))])

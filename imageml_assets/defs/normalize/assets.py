@@ -111,7 +111,7 @@ def build_normalized_variants(settings: Settings, variant_names: list[str]) -> d
             config=NormalizeConfig(
                 normalized_uri=layout.uri("normalized"),
                 dataset_name=layout.dataset_name,
-                augment_tag=augmentation.get_pipeline().tag,
+                augment_tag=augmentation.get_spec().tag,
                 workers=normalization.workers,
             ),
             run_id=context.run_id,

@@ -5,13 +5,15 @@ from typing import Any
 import dagster as dg
 
 from imageml_core.manifest import AUGMENT
+from imageml_core.manifest.cursor import PublicationCursor
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_resources import AugmentationResource, ManifestStoreResource, NormalizationResource
 
 
 def build_augmented_batches_sensor(job: Any) -> dg.SensorDefinition:
-    """``job`` is the normalize asset job (``dg.define_asset_job``); cursor: the last augment
-    manifest id seen (the store's publication order)."""
+    """``job`` is the normalize asset job (``dg.define_asset_job``). The cursor is a
+    :class:`~imageml_core.manifest.cursor.PublicationCursor`: the last manifest id read, and
+    ids skipped because they were still committing (read again on later ticks)."""
 
     @dg.sensor(
         name="augmented_batches_sensor",
@@ -27,12 +29,11 @@ def build_augmented_batches_sensor(job: Any) -> dg.SensorDefinition:
         normalization: NormalizationResource,
     ) -> dg.SensorResult:
         store = manifest_store.get_store()
-        tag = augmentation.get_pipeline().tag
+        tag = augmentation.get_spec().tag
         policy = normalization.get_policy()
-        after = int(context.cursor or 0)
+        published, cursor = PublicationCursor.parse(context.cursor).read(store, AUGMENT)
         requests = []
-        for m in store.manifests(AUGMENT, after_id=after):
-            after = max(after, m.id)
+        for m in published:
             augmented = AugmentKey.parse(m.partition_key)
             if augmented.tag != tag:
                 continue  # made by another augmentation config than the current one
@@ -47,6 +48,6 @@ def build_augmented_batches_sensor(job: Any) -> dg.SensorDefinition:
                         tags={"imageml/trigger": "augment-published"},
                     )
                 )
-        return dg.SensorResult(run_requests=requests, cursor=str(after))
+        return dg.SensorResult(run_requests=requests, cursor=cursor.serialize())
 
     return augmented_batches_sensor

@@ -34,6 +34,7 @@ class ObjectCreated:
 
     @property
     def uri(self) -> S3Uri:
+        """``s3://<bucket>/<key>`` of the created object."""
         return S3Uri(self.bucket, self.key)
 
 

@@ -19,6 +19,9 @@ _SQS_REGION_RE = re.compile(r"sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 
 @dataclass(frozen=True)
 class ReceivedMessage:
+    """One SQS message: ``receipt_handle`` deletes it; ``body`` is the raw message text;
+    ``receive_count`` is SQS's ApproximateReceiveCount."""
+
     message_id: str
     receipt_handle: str
     body: str
@@ -27,6 +30,9 @@ class ReceivedMessage:
 
 @dataclass(frozen=True)
 class DeleteFailure:
+    """A message DeleteMessageBatch did not delete: SQS's error ``code`` and message
+    (``reason``), and whether SQS blamed the request (``sender_fault``)."""
+
     message_id: str
     code: str
     reason: str
@@ -35,6 +41,8 @@ class DeleteFailure:
 
 @dataclass
 class DeleteReport:
+    """Outcome of :meth:`SqsEventSource.delete`: how many messages were deleted; the failures."""
+
     deleted: int = 0
     failed: list[DeleteFailure] = field(default_factory=list)
 

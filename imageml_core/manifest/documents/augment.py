@@ -76,6 +76,8 @@ class AugmentOutput:
         return cls(**values)
 
     def processed_object(self) -> ProcessedObject:
+        """The copy's ledger row (status ok): URI, ETag, SHA-256; source URI, copy number and
+        size in pixels go into ``details``."""
         return ProcessedObject(
             uri=self.uri,
             etag=self.etag,
@@ -142,6 +144,7 @@ class AugmentChecks:
 
     @property
     def counts_conserved(self) -> bool:
+        """True when COCO boxes equal Label Studio regions and the SDK reported no errors."""
         return self.coco_boxes == self.label_studio_regions and not (
             self.label_studio_validation_errors
         )

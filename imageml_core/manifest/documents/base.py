@@ -122,6 +122,7 @@ class StageDocument(abc.ABC):
         }
 
     def to_bytes(self) -> bytes:
+        """The published bytes: :meth:`to_json` as canonical JSON at :attr:`indent`."""
         return json_bytes(self.to_json(), self.indent)
 
     def sha256(self) -> str:

@@ -54,6 +54,7 @@ class IngestEntry:
 
     @property
     def ok(self) -> bool:
+        """True when ``status`` is ok."""
         return self.status == STATUS_OK
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +96,8 @@ class IngestCounts:
 
     @classmethod
     def of(cls, entries: tuple[IngestEntry, ...]) -> IngestCounts:
+        """Count ``entries``: ok images (ZIP members included), ok archives, ok annotation files,
+        quarantined and skipped entries."""
         return cls(
             images=sum(1 for e in entries if e.kind in IMAGE_KINDS and e.ok),
             archives=sum(1 for e in entries if e.kind == "archive" and e.ok),
@@ -145,10 +148,12 @@ class IngestManifest(StageDocument):
 
     @property
     def counts(self) -> IngestCounts:
+        """:class:`IngestCounts` of :attr:`objects`."""
         return IngestCounts.of(self.objects)
 
     @property
     def quarantined(self) -> list[IngestEntry]:
+        """The quarantined entries, in manifest order."""
         return [e for e in self.objects if e.status == STATUS_QUARANTINED]
 
     def body(self) -> dict[str, Any]:
@@ -208,10 +213,12 @@ class IngestedObject:
 
     @property
     def is_image(self) -> bool:
+        """True for kind ``image`` or ``archive_member`` (a ZIP member extracted to bronze)."""
         return self.kind in IMAGE_KINDS
 
     @property
     def is_annotation_file(self) -> bool:
+        """True for a JSON annotation file (kind ``annotation``)."""
         return self.kind == "annotation"
 
     @classmethod

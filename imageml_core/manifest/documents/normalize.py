@@ -82,6 +82,8 @@ class NormalizedOutput:
         return cls(**values)
 
     def processed_object(self) -> ProcessedObject:
+        """The output's ledger row (status ok): URI, ETag, SHA-256; source, variant, size in
+        pixels and policy hash go into ``details``."""
         return ProcessedObject(
             uri=self.output_uri,
             etag=self.etag,
@@ -131,6 +133,7 @@ class NormalizeChecks:
 
     @property
     def passed(self) -> bool:
+        """True when no source lacks its output and no output has the wrong size."""
         return not self.missing_sources and not self.wrong_dimensions
 
     def to_json(self) -> dict[str, Any]:

@@ -27,6 +27,10 @@ from imageml_core.stages.augment.pipeline import AugmentPipeline
 
 @dataclass(frozen=True)
 class Augmented:
+    """One augmented copy: ``regions`` in the new image's pixels (COCO ``[x, y, w, h]``
+    boxes); ``dropped`` counts input regions left out (outside the image, filtered by the
+    pipeline's box rules, or a polygon clipped away)."""
+
     image: np.ndarray  # RGB, uint8, HxWx3
     regions: tuple[Region, ...]
     dropped: int

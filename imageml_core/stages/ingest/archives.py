@@ -36,6 +36,8 @@ class ArchiveMember:
 
 
 def is_zip(path: Path) -> bool:
+    """True if the file starts with a ZIP signature (local file header, or the end record
+    of an empty archive); raises OSError if it cannot be opened."""
     with path.open("rb") as fh:
         return fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
 

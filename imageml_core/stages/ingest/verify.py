@@ -52,6 +52,7 @@ class ImageCheck:
     frames: int = 1
 
     def as_details(self) -> dict[str, object]:
+        """Format, mode, width/height (pixels, before EXIF rotation), frames: entry fields."""
         return {
             "format": self.format,
             "mode": self.mode,

@@ -138,6 +138,9 @@ class NormalizePolicy:
 
 @dataclass(frozen=True)
 class VariantImage:
+    """One size variant of a source: JPEG bytes, size in pixels, and the geometry
+    ``(sx, sy, dx, dy)`` mapping source pixels (after EXIF rotation) to its pixels."""
+
     name: str
     data: bytes  # encoded JPEG
     width: int
@@ -147,6 +150,10 @@ class VariantImage:
 
 @dataclass(frozen=True)
 class Normalized:
+    """Every variant of one source, in policy order. Source size in pixels after EXIF
+    rotation; ``path`` is the decode path (fast or general), ``reduction`` the DCT scale
+    divisor the source was decoded at (1 on the general path)."""
+
     source_width: int  # after EXIF rotation
     source_height: int
     path: str  # "fast" or "general"
@@ -351,6 +358,8 @@ def scale_region(
 def scale_polygon(
     polygon: tuple[float, ...], geometry: tuple[float, float, float, float], out_w: int, out_h: int
 ) -> tuple[float, ...]:
+    """A flat ``(x1, y1, x2, y2, ...)`` polygon in source pixels mapped into output pixels by
+    ``geometry`` (``x' = x * sx + dx``), each point clamped to the ``out_w`` x ``out_h`` image."""
     sx, sy, dx, dy = geometry
     pts = []
     for x, y in zip(polygon[0::2], polygon[1::2], strict=True):
