@@ -10,7 +10,7 @@ import os
 import dagster as dg
 
 from imageml_assets.defs import augment, ingest, mirror, normalize
-from imageml_core.settings import Settings
+from imageml_core.settings import ConfigError, Settings
 from imageml_resources import build_resources
 
 __all__ = ["build_definitions", "build_resources", "defs"]
@@ -27,7 +27,7 @@ def _executor() -> dg.ExecutorDefinition | None:
         return dg.in_process_executor
     if choice == "multiprocess":
         return None
-    raise ValueError(f"IMAGEML_EXECUTOR={choice!r}: expected k8s, multiprocess or in_process")
+    raise ConfigError(f"IMAGEML_EXECUTOR={choice!r}: expected k8s, multiprocess or in_process")
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from imageml_cli.runner import RunSummary
+from imageml_core.manifest import redacted
 from imageml_core.settings import ConfigError, Settings
 from imageml_core.stages.augment.pipeline import PipelineConfigError
 from imageml_core.stages.ingest.archives import InvalidArchive
@@ -123,7 +124,8 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
     click.echo(f"ImageML demo in {work}")
     with embedded_stack(work) as settings:
         click.echo(
-            f"  S3 (SeaweedFS) at {settings.s3_endpoint_url}; manifest store {settings.manifest_db_url}"
+            f"  S3 (SeaweedFS) at {settings.s3_endpoint_url}; manifest store "
+            f"{redacted(settings.manifest_db_url)}"
         )
         local = work / "synthetic"
         files = generate_dataset(local, images=images)
@@ -213,7 +215,7 @@ def lineage(uri: str, as_json: bool, home: str | None) -> None:
         return
     if found.empty:
         raise click.ClickException(
-            f"{uri} is not in the manifest store at {settings.manifest_db_url}"
+            f"{uri} is not in the manifest store at {redacted(settings.manifest_db_url)}"
         )
     click.echo(uri)
     for r in found.records:

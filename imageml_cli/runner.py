@@ -22,6 +22,7 @@ from imageml_assets.defs.mirror import mirror_materializations
 from imageml_assets.defs.normalize import NORMALIZE_JOB
 from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.partitions import ingest_batches
+from imageml_cli.recovery import fail_dead_runs, reconcile_materializations, run_tags
 from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, ManifestStore
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
@@ -105,9 +106,29 @@ def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[N
         if store.get_manifest(AUGMENT, str(AugmentKey(m.partition_key, tag))) is not None
     ]
     keys = [
-        NormalizeKey(b, v.name, policy.variant_hash(v)) for b in augmented for v in policy.variants
+        NormalizeKey(b, tag, v.name, policy.variant_hash(v))
+        for b in augmented
+        for v in policy.variants
     ]
     return [k for k in keys if store.get_manifest(NORMALIZE, str(k)) is None]
+
+
+def _recover(
+    instance: dg.DagsterInstance,
+    store: ManifestStore,
+    resources: dict[str, Any],
+    echo: Callable[[str], None],
+) -> None:
+    """Mend what a killed run left behind (:mod:`imageml_cli.recovery`)."""
+    fail_dead_runs(instance, echo)
+    policy = resources["normalization"].get_policy()
+    reconcile_materializations(
+        instance,
+        store,
+        resources["augmentation"].get_spec().tag,
+        {v.name: policy.variant_hash(v) for v in policy.variants},
+        echo,
+    )
 
 
 def run_pipeline(
@@ -136,6 +157,7 @@ def run_pipeline(
     store = open_manifest_store(settings.manifest_db_url)
     job = defs.resolve_job_def(ingest_and_augment_job.name)
     summary = RunSummary()
+    _recover(instance, store, resources, echo)
 
     sensor = defs.resolve_sensor_def(SENSOR)
     with dg.build_sensor_context(
@@ -203,7 +225,7 @@ def _execute(
         outcome = job.execute_in_process(
             instance=instance,
             partition_key=partition,
-            tags=tags,
+            tags={**tags, **run_tags()},
             asset_selection=selection,
             raise_on_error=False,
             # Dagster's DEBUG engine events drown the progress lines the stages log at INFO.

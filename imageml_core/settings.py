@@ -88,6 +88,28 @@ def _size_list(value: str) -> str:
     return value
 
 
+def _database_url(value: str) -> str:
+    """Refuse what SQLAlchemy cannot parse or a database the manifest store does not run on.
+    The message never repeats the URL: it may hold a password."""
+    import sqlalchemy as sa
+
+    try:
+        backend = sa.engine.make_url(value).get_backend_name()
+    except sa.exc.ArgumentError:
+        raise PydanticCustomError(
+            "database_url",
+            "not a SQLAlchemy URL; expected postgresql+psycopg2://user:password@host:5432/db "
+            "or sqlite:///path/to/manifest.db",
+        ) from None
+    if backend not in ("postgresql", "sqlite"):
+        raise PydanticCustomError(
+            "database_url",
+            "the manifest store runs on PostgreSQL or SQLite, not {backend}",
+            {"backend": backend},
+        )
+    return value
+
+
 def _fit_policy(value: str) -> str:
     if value not in FIT_POLICIES:
         raise ValueError(f"expected one of {', '.join(FIT_POLICIES)}")
@@ -254,7 +276,7 @@ class Settings(BaseSettings):
         description="Stage 2 size variants, comma-separated: presets (1080p, 720p: caps, in "
         "pixels) or WxH fixed sizes in pixels.",
     )
-    manifest_db_url: str = Field(
+    manifest_db_url: Annotated[str, AfterValidator(_database_url)] = Field(
         description="SQLAlchemy URL of the manifest store (PostgreSQL in production). "
         "Default: sqlite:///<IMAGEML_HOME>/manifest.db.",
     )
@@ -431,6 +453,8 @@ def _describe(error: ErrorDetails) -> str:
     field = Settings.model_fields.get(var.lower())
     value = f"{var}={error['input']!r}"
     if kind == "s3_uri":
+        return f"{var}: {reason}"
+    if kind == "database_url":  # the value may hold a password: not repeated
         return f"{var}: {reason}"
     if kind in ("float_parsing", "float_type", "finite_number"):
         return f"{value} is not a float"

@@ -35,7 +35,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as Go servers set it:
+    a port whose last connections are in TIME_WAIT (a server just restarted) is free."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

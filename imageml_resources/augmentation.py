@@ -3,8 +3,10 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
+from imageml_core.settings import ConfigError
 from imageml_core.stages.augment.pipeline import (
     AugmentPipeline,
+    PipelineConfigError,
     PipelineSpec,
     load_pipeline,
     read_pipeline,
@@ -23,14 +25,22 @@ class AugmentationResource(dg.ConfigurableResource):
 
     def get_spec(self) -> PipelineSpec:
         """The pipeline's spec and tag, without importing Albumentations (sensors, the
-        normalize step); raises :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError`."""
+        normalize step). Raises :class:`~imageml_core.settings.ConfigError` naming
+        ``AUGMENT_PIPELINE`` for a pipeline that cannot be read."""
         if self._spec is None:
-            self._spec = read_pipeline(self.pipeline, copies=self.copies)
+            try:
+                self._spec = read_pipeline(self.pipeline, copies=self.copies)
+            except PipelineConfigError as exc:
+                raise ConfigError(f"AUGMENT_PIPELINE={self.pipeline!r}: {exc}") from exc
         return self._spec
 
     def get_pipeline(self) -> AugmentPipeline:
         """The pipeline ready to run (once per resource); raises
-        :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError`."""
+        :class:`~imageml_core.settings.ConfigError` naming ``AUGMENT_PIPELINE`` for a
+        pipeline that cannot be read or whose transforms Albumentations refuses."""
         if self._loaded is None:
-            self._loaded = load_pipeline(self.pipeline, copies=self.copies)
+            try:
+                self._loaded = load_pipeline(self.pipeline, copies=self.copies)
+            except PipelineConfigError as exc:
+                raise ConfigError(f"AUGMENT_PIPELINE={self.pipeline!r}: {exc}") from exc
         return self._loaded

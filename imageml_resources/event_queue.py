@@ -20,16 +20,21 @@ class EventQueueResource(dg.ConfigurableResource):
     _source: SqsEventSource | None = PrivateAttr(default=None)
 
     @property
+    def url(self) -> str:
+        """``queue_url`` stripped as Settings strips it (an EnvVar hands it over as is)."""
+        return (self.queue_url or "").strip()
+
+    @property
     def enabled(self) -> bool:
         """True when a queue URL is set (event mode on)."""
-        return bool(self.queue_url)
+        return bool(self.url)
 
     def get_source(self) -> SqsEventSource:
         """The queue client; raises ``ValueError`` when event mode is off."""
-        if not self.queue_url:
+        if not self.url:
             raise ValueError("RAW_EVENTS_QUEUE_URL is not set")
         if self._source is None:
             self._source = SqsEventSource(
-                self.queue_url, endpoint_url=self.endpoint_url, region=self.region
+                self.url, endpoint_url=self.endpoint_url, region=self.region
             )
         return self._source

@@ -34,5 +34,7 @@ class ManifestStoreResource(dg.ConfigurableResource):
     def get_store(self) -> ManifestStore:
         """The process-wide, migrated store for ``url`` (:func:`open_manifest_store`)."""
         if self._store is None:
-            self._store = open_manifest_store(self.url)
+            # Stripped as Settings strips it: a secret made from a file often ends in "\n",
+            # and the EnvVar hands the variable over as it is.
+            self._store = open_manifest_store(self.url.strip())
         return self._store

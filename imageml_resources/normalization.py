@@ -38,7 +38,3 @@ class NormalizationResource(dg.ConfigurableResource):
             quality=self.quality,
             chroma_subsampling=self.chroma,
         )
-
-    def variant_names(self) -> list[str]:
-        """The variants' names in ``sizes`` order; raises ``InvalidSizeToken`` for bad sizes."""
-        return [v.name for v in parse_sizes(self.sizes)]

@@ -31,7 +31,8 @@ _LS_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An ingested image: its URI and size in pixels (as stored, before EXIF rotation)."""
+    """An ingested image: its URI and size in pixels of the displayed frame (EXIF orientation
+    applied: the frame annotation coordinates are read in)."""
 
     uri: str
     width: int

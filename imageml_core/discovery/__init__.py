@@ -6,7 +6,6 @@ from imageml_core.discovery.batches import (
     PlannedBatch,
     batch_id_for,
     group_into_batches,
-    is_candidate,
     new_objects,
 )
 from imageml_core.discovery.polling import Discovery, DiscoveryCursor, discover
@@ -18,6 +17,5 @@ __all__ = [
     "batch_id_for",
     "discover",
     "group_into_batches",
-    "is_candidate",
     "new_objects",
 ]

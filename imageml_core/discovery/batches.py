@@ -68,12 +68,6 @@ def group_into_batches(
     return batches
 
 
-def is_candidate(info: ObjectInfo) -> bool:
-    """Objects the ingest step takes: everything but hidden files and folder markers."""
-    name = info.uri.key.rsplit("/", 1)[-1]
-    return bool(name) and not name.startswith(".")
-
-
 def new_objects(manifest: _Store, objects: Sequence[ObjectInfo]) -> list[ObjectInfo]:
     """Objects neither processed by ingest nor already assigned to a batch (by URI+ETag)."""
     versions = [ObjectVersion(str(o.uri), o.etag) for o in objects]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from imageml_core.discovery.batches import (
     PlannedBatch,
     group_into_batches,
-    is_candidate,
     new_objects,
 )
 from imageml_core.manifest.interface import INGEST, BatchMember, ManifestStore
@@ -83,7 +82,9 @@ def discover(
         or cursor.last_key is None
         or (full_scan_every > 0 and cursor.ticks_since_full_scan + 1 >= full_scan_every)
     )
-    listing = store.list_objects(raw_uri, start_after=None if full else cursor.last_key)
+    listing = store.list_objects(
+        raw_uri, start_after=None if full else cursor.last_key, folder_markers=True
+    )
     listed: list[ObjectInfo] = []
     last_key = cursor.last_key
     for info in listing:
@@ -92,7 +93,9 @@ def discover(
             last_key = info.uri.key
         if max_new_objects is not None and not full and len(listed) >= max_new_objects:
             break  # the rest is picked up next tick, from the advanced cursor
-    fresh = new_objects(manifest, [o for o in listed if is_candidate(o)])
+    # Every object is planned, hidden files and folder markers too: ingest records them
+    # as skipped with a reason (every object under the prefix ends in one recorded state).
+    fresh = new_objects(manifest, listed)
     members = [BatchMember(str(o.uri), o.etag, o.size) for o in fresh]
     batches = group_into_batches(members, max_objects=max_objects, max_bytes=max_bytes)
     for batch in batches:

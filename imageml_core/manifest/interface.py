@@ -283,6 +283,11 @@ class Checkpoints(Protocol):
         ``ttl_s`` seconds (a crashed holder). Atomic: one of many concurrent callers wins."""
 
     @abc.abstractmethod
+    def renew(self, step: Step, partition_key: str, name: str, holder: str) -> bool:
+        """Extend the named lease if ``holder`` still holds it (a heartbeat); False when it
+        was lost (taken over after a missed heartbeat, or released)."""
+
+    @abc.abstractmethod
     def release(self, step: Step, partition_key: str, name: str, holder: str) -> None:
         """Give the named lease back if ``holder`` still holds it (a failed holder releases,
         so a retry need not wait out the TTL)."""

@@ -5,8 +5,8 @@ Partition keys (the manifest store's ``partition_key``, Dagster run keys):
 - ingest: the batch id, ``batch-<16 hex>`` (:func:`imageml_core.discovery.batches.batch_id_for`)
 - augment: ``<batch>@<pipeline>-<hash8>`` (:class:`AugmentKey`): the pipeline's config hash
   is part of the key, so a new pipeline makes new outputs instead of overwriting old ones
-- normalize: ``<batch>|<variant>@<hash12>`` (:class:`NormalizeKey`), ``hash12`` the start of
-  the variant's ``normalization_policy_hash``
+- normalize: ``<batch>@<tag>|<variant>@<hash12>`` (:class:`NormalizeKey`), ``hash12`` the
+  start of the variant's ``normalization_policy_hash``
 
 Storage layout (README "Conventions", spec 001 for ``normalized/<variant>/``)::
 
@@ -16,20 +16,47 @@ Storage layout (README "Conventions", spec 001 for ``normalized/<variant>/``)::
     AUGMENTED_URI/annotations/<tag>/<batch>.coco.json | .label_studio.json
     AUGMENTED_URI/manifests/augment/<batch>@<tag>.json
     NORMALIZED_URI/normalized/<variant>/<hash12>/<source bucket>/<source key>[.jpg]
-    NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<batch>.coco.json | .label_studio.json
-    NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<batch>@<tag>.coco.json | .label_studio.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>@<tag>.json
+
+An output key that would pass S3's 1,024-byte limit takes the form
+``<prefix>/_long/<32 hex>/<end of the name>`` instead (:func:`bounded`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+from imageml_core.storage.paths import tail_bytes
 from imageml_core.uris import S3Uri
 
 #: Characters of a config hash in an augment tag, and of a policy hash in a normalize key
 #: and path: 32 and 48 bits, enough to tell a project's configurations apart.
 TAG_HASH_CHARS = 8
 POLICY_HASH_CHARS = 12
+
+
+#: S3's limit on a key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+#: Bytes of the readable name kept in a hashed (``_long``) output key.
+LONG_NAME_BYTES = 200
+
+
+def bounded(prefix: S3Uri, readable: str) -> S3Uri:
+    """``prefix/readable``, unless that key passes S3's :data:`MAX_KEY_BYTES`: then
+    ``prefix/_long/<32 hex of SHA-256(readable)>/<end of readable's last segment>``.
+
+    Output keys repeat the source key under longer prefixes, so a legal source key near
+    the limit would make an illegal output key; the hashed form is unique per readable
+    name and the manifest keeps the source's URI beside it.
+    """
+    uri = prefix.join(readable)
+    if len(uri.key.encode()) <= MAX_KEY_BYTES:
+        return uri
+    digest = hashlib.sha256(readable.encode()).hexdigest()[:32]
+    base = tail_bytes(readable.rsplit("/", 1)[-1], LONG_NAME_BYTES) or "object"
+    return prefix.join("_long", digest, base)
 
 
 class InvalidPartitionKey(ValueError):
@@ -62,29 +89,44 @@ class AugmentKey:
 
 @dataclass(frozen=True, order=True)
 class NormalizeKey:
-    """The normalize step's partition: one variant of one batch under one policy.
+    """The normalize step's partition: one variant of one batch's augmented shard (the
+    augmentation ``tag`` names which shard) under one policy.
 
     ``policy_hash`` may be the full ``normalization_policy_hash``; the key uses its first
-    :data:`POLICY_HASH_CHARS` characters.
+    :data:`POLICY_HASH_CHARS` characters. The tag is part of the key because a new
+    augmentation (another pipeline, more copies) is a new shard to normalize.
     """
 
     batch_id: str
+    tag: str
     variant: str
     policy_hash: str
 
+    @property
+    def augment(self) -> AugmentKey:
+        """The augment partition whose shard this normalizes."""
+        return AugmentKey(self.batch_id, self.tag)
+
     def __str__(self) -> str:
-        return f"{self.batch_id}|{self.variant}@{self.policy_hash[:POLICY_HASH_CHARS]}"
+        return f"{self.augment}|{self.variant}@{self.policy_hash[:POLICY_HASH_CHARS]}"
 
     @classmethod
     def parse(cls, key: str) -> NormalizeKey:
-        """Raises :class:`InvalidPartitionKey` unless ``key`` is ``<batch>|<variant>@<hash>``."""
-        batch_id, sep1, rest = key.partition("|")
+        """Raises :class:`InvalidPartitionKey` unless ``key`` is
+        ``<batch>@<tag>|<variant>@<hash12>``."""
+        left, sep1, rest = key.partition("|")
         variant, sep2, policy_hash = rest.rpartition("@")
-        if not (sep1 and sep2 and batch_id and variant and policy_hash):
+        if not (sep1 and sep2 and variant and policy_hash):
             raise InvalidPartitionKey(
-                f"{key!r} is not a normalize partition <batch>|<variant>@<hash12>"
+                f"{key!r} is not a normalize partition <batch>@<tag>|<variant>@<hash12>"
             )
-        return cls(batch_id, variant, policy_hash)
+        try:
+            augment = AugmentKey.parse(left)
+        except InvalidPartitionKey:
+            raise InvalidPartitionKey(
+                f"{key!r} is not a normalize partition <batch>@<tag>|<variant>@<hash12>"
+            ) from None
+        return cls(augment.batch_id, augment.tag, variant, policy_hash)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -95,8 +137,8 @@ def ingest_manifest_uri(bronze_uri: S3Uri, batch_id: str) -> S3Uri:
 
 def unzipped_member_uri(bronze_uri: S3Uri, zip_key: str, member: str) -> S3Uri:
     """Where an extracted ZIP member lives; ``zip_key`` is the archive's key relative to
-    ``RAW_URI``, ``member`` the member's name in the archive."""
-    return bronze_uri.join("unzipped", zip_key, member)
+    ``RAW_URI``, ``member`` the member's name in the archive (:func:`bounded`)."""
+    return bounded(bronze_uri.join("unzipped"), f"{zip_key}/{member}")
 
 
 def archive_member_ref(zip_uri: str, member: str) -> str:
@@ -117,8 +159,10 @@ def augment_annotation_uris(augmented_uri: S3Uri, key: AugmentKey) -> tuple[S3Ur
 
 
 def augmented_image_uri(augmented_uri: S3Uri, tag: str, source: S3Uri, copy: int) -> S3Uri:
-    """Copy ``copy`` of ``source`` (a JPEG whatever the source format)."""
-    return augmented_uri.join("images", tag, source.bucket, source.key, f"aug-{copy}.jpg")
+    """Copy ``copy`` of ``source`` (a JPEG whatever the source format; :func:`bounded`)."""
+    return bounded(
+        augmented_uri.join("images", tag), f"{source.bucket}/{source.key}/aug-{copy}.jpg"
+    )
 
 
 # --------------------------------------------------------------------------- normalize
@@ -135,17 +179,17 @@ def normalized_image_uri(base: S3Uri, source: S3Uri) -> S3Uri:
     """A source's output under a variant base: the source's bucket and key, with ``.jpg``
     appended unless the key already ends in ``.jpg``/``.jpeg``."""
     key = source.key if source.key.lower().endswith((".jpg", ".jpeg")) else source.key + ".jpg"
-    return base.join(source.bucket, key)
+    return bounded(base, f"{source.bucket}/{key}")
 
 
-def normalize_manifest_uri(base: S3Uri, batch_id: str) -> S3Uri:
-    """``<variant base>/manifests/<batch>.json`` (``base`` from :func:`variant_base`)."""
-    return base.join("manifests", f"{batch_id}.json")
+def normalize_manifest_uri(base: S3Uri, key: NormalizeKey) -> S3Uri:
+    """``<variant base>/manifests/<batch>@<tag>.json`` (``base`` from :func:`variant_base`)."""
+    return base.join("manifests", f"{key.augment}.json")
 
 
-def normalize_annotation_uris(base: S3Uri, batch_id: str) -> tuple[S3Uri, S3Uri]:
-    """(COCO, Label Studio) JSON of one variant of a batch."""
+def normalize_annotation_uris(base: S3Uri, key: NormalizeKey) -> tuple[S3Uri, S3Uri]:
+    """(COCO, Label Studio) JSON of one variant of one batch's shard."""
     return (
-        base.join("annotations", f"{batch_id}.coco.json"),
-        base.join("annotations", f"{batch_id}.label_studio.json"),
+        base.join("annotations", f"{key.augment}.coco.json"),
+        base.join("annotations", f"{key.augment}.label_studio.json"),
     )

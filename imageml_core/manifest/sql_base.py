@@ -50,8 +50,19 @@ def utc(stamp: datetime) -> datetime:
 
 
 def ledger_record(row: Any) -> LedgerRecord:
-    """A :class:`LedgerRecord` from a result row selected with :data:`LEDGER_COLUMNS`."""
-    return LedgerRecord(**row._mapping)
+    """A ledger row as a :class:`LedgerRecord` (``created_at`` timezone-aware UTC)."""
+    values = dict(row._mapping)
+    if values.get("created_at") is not None:
+        values["created_at"] = utc(values["created_at"])
+    return LedgerRecord(**values)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked (``***``), for messages and logs."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<not a SQLAlchemy URL>"
 
 
 def normalize_db_url(url: str) -> str:

@@ -85,6 +85,28 @@ class CheckpointsSql(SqlBase):
             ).rowcount
             return taken == 1
 
+    def renew(self, step: Step, partition_key: str, name: str, holder: str) -> bool:
+        """Move the lease's timestamp to now if ``holder`` still holds it: compare-and-set
+        on the timestamp read, so a lease taken over meanwhile is never renewed."""
+        c = t.checkpoints.c
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(c.id, c.payload, c.updated_at).where(
+                    c.stage == step.stage,
+                    c.step == step.name,
+                    c.partition_key == partition_key,
+                    c.name == f"lease:{name}",
+                )
+            ).first()
+            if row is None or (row.payload or {}).get("holder") != holder:
+                return False
+            renewed = conn.execute(
+                sa.update(t.checkpoints)
+                .where(c.id == row.id, c.updated_at == row.updated_at)
+                .values(updated_at=utc_now())
+            ).rowcount
+            return renewed == 1
+
     def release(self, step: Step, partition_key: str, name: str, holder: str) -> None:
         """Deletes the ``lease:<name>`` row only if its payload names ``holder``; else no-op."""
         c = t.checkpoints.c

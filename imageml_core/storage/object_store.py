@@ -229,12 +229,19 @@ class ObjectStore:
 
     # ------------------------------------------------------------------ listing
     def list_objects(
-        self, location: S3Uri, *, start_after: str | None = None, page_size: int = 1000
+        self,
+        location: S3Uri,
+        *,
+        start_after: str | None = None,
+        page_size: int = 1000,
+        folder_markers: bool = False,
     ) -> Iterator[ObjectInfo]:
         """Every object under ``location`` in key order, across all pages.
 
         ``start_after`` is a full key: only keys sorting after it are listed, which is what
-        makes a cursor-based sensor tick cost proportional to what is new.
+        makes a cursor-based sensor tick cost proportional to what is new. Empty objects
+        whose key ends in ``/`` (the "folders" consoles create) are left out unless
+        ``folder_markers``.
         """
         kwargs: dict[str, object] = {
             "Bucket": location.bucket,
@@ -246,7 +253,7 @@ class ObjectStore:
         for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
             for item in page.get("Contents", []):
                 key = item["Key"]
-                if key.endswith("/") and item.get("Size", 0) == 0:
+                if not folder_markers and key.endswith("/") and item.get("Size", 0) == 0:
                     continue  # a "folder" marker, not an object
                 yield ObjectInfo(
                     uri=S3Uri(location.bucket, key),

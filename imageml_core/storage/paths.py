@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import PurePosixPath
 
 
@@ -31,3 +32,32 @@ def safe_relative_path(key: str) -> PurePosixPath:
     if any(len(p.encode()) > 255 for p in parts):
         raise UnsafeKey(f"key {key!r} has a path segment longer than 255 bytes")
     return PurePosixPath(*parts)
+
+
+#: Bytes of a staged file's base name kept locally (ext4 allows 255 per name).
+MAX_LOCAL_NAME_BYTES = 200
+
+
+def tail_bytes(name: str, max_bytes: int) -> str:
+    """The end of ``name`` in at most ``max_bytes`` UTF-8 bytes (the end keeps the
+    extension); a character cut in half is dropped."""
+    data = name.encode()
+    if len(data) <= max_bytes:
+        return name
+    return data[len(data) - max_bytes :].decode(errors="ignore")
+
+
+def staged_name(key: str) -> PurePosixPath:
+    """Where an object is kept inside a staging directory: ``<2 hex>/<32 hex>/<base name>``,
+    the hex being SHA-256 of ``key``.
+
+    Two distinct keys never share a path (mirroring keys as directories would collide:
+    ``x/a.jpg`` is a file where ``x/a.jpg/b.jpg`` needs a directory), and no key makes a
+    path longer than PATH_MAX; the base name (its last :data:`MAX_LOCAL_NAME_BYTES` bytes)
+    keeps the extension and stays readable.
+    """
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    base = tail_bytes(key.rstrip("/").rsplit("/", 1)[-1], MAX_LOCAL_NAME_BYTES) or "object"
+    if base in (".", ".."):
+        base = "object"
+    return PurePosixPath(digest[:2], digest, base)

@@ -2,7 +2,8 @@
 
 Layout under ``NVME_ROOT``::
 
-    input/<job>/...     objects downloaded for one shard, mirroring their keys
+    input/<job>/...     objects downloaded for one shard (``<2 hex>/<32 hex>/<name>``: one
+                        path per key, see ``paths.staged_name``)
     work/<job>/...      scratch (e.g. members expanded from a ZIP)
     output/<job>/...    outputs written locally, then uploaded in parallel
     cache/sha256/ab/... content-addressed copies of downloaded objects
@@ -23,8 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageml_core.storage.object_store import ObjectInfo, ObjectStore, TransferResult
-from imageml_core.storage.paths import UnsafeKey, safe_relative_path
+from imageml_core.storage.object_store import (
+    ObjectChanged,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    TransferResult,
+)
+from imageml_core.storage.paths import UnsafeKey, safe_relative_path, staged_name
 from imageml_core.uris import S3Uri
 
 log = logging.getLogger(__name__)
@@ -73,9 +80,13 @@ class NvmeStaging:
         return path
 
     def local_path(self, area: str, job: str, key: str) -> Path:
-        """Where ``key`` lives in ``area/job``; raises :class:`UnsafeKey` for escaping keys."""
+        """Where ``key`` lives in ``area/job``: ``<2 hex>/<32 hex>/<base name>``
+        (:func:`~imageml_core.storage.paths.staged_name`, unique per key). Raises
+        :class:`UnsafeKey` for a key that is not a plain relative path (``..``, control
+        characters, ...), as every stage refuses those."""
         base = self.area(area, job)
-        path = base.joinpath(*safe_relative_path(key).parts)
+        safe_relative_path(key)
+        path = base.joinpath(*staged_name(key).parts)
         # Defence in depth against symlinks planted inside the staging tree.
         if not path.resolve().is_relative_to(base.resolve()):
             raise UnsafeKey(f"key {key!r} resolves outside {base}")
@@ -226,3 +237,27 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def job_name(kind: str, partition: str, run_id: str | None) -> str:
+    """A staging job directory name unique to one run: ``<kind>-<partition>-<run id>``
+    (a random id when there is no run). Two runs on one node never share, and so never
+    clean up, each other's directories."""
+    return f"{kind}-{partition}-{run_id or uuid.uuid4().hex}"
+
+
+def raise_unless_quarantinable(failures: dict[str, Exception]) -> None:
+    """The staging failures of :meth:`NvmeStaging.stage_in` that are the *object's* fault
+    (it vanished, or its ETag is not the one recorded) quarantine that object; any other
+    (network, permissions, a full disk) is raised so the batch fails and a retry can
+    succeed, instead of leaving the object out of a published manifest for good."""
+    for exc in failures.values():
+        if not isinstance(exc, (ObjectNotFound, ObjectChanged)):
+            raise exc
+
+
+def staging_reason(exc: Exception) -> str:
+    """The quarantine reason of a quarantinable staging failure."""
+    if isinstance(exc, ObjectNotFound):
+        return "no longer exists"
+    return f"changed since it was recorded: {exc}"

@@ -90,3 +90,31 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
         "run", "--home", str(tmp_path), cwd=tmp_path, BRONZE_URI="s3://imageml/raw/out"
     )
     assert overlap.returncode == 1 and "overlaps RAW_URI" in overlap.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AUGMENT_PIPELINE": "nope"}, "Error: AUGMENT_PIPELINE='nope': unknown augmentation"),
+        (
+            {"MANIFEST_DB_URL": "garbage"},
+            "Error: MANIFEST_DB_URL: not a SQLAlchemy URL; expected postgresql+psycopg2://",
+        ),
+        (
+            {"MANIFEST_DB_URL": "mysql://u:pw@db/m"},
+            "Error: MANIFEST_DB_URL: the manifest store runs on PostgreSQL or SQLite, not mysql",
+        ),
+        (
+            {"IMAGEML_EXECUTOR": "foo"},
+            "Error: IMAGEML_EXECUTOR='foo': expected k8s, multiprocess or in_process",
+        ),
+    ],
+)
+def test_configuration_mistakes_name_the_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    result = _imageml("run", "--home", str(tmp_path), cwd=tmp_path, **env)
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "pw@" not in result.stderr  # a password in the URL is never repeated

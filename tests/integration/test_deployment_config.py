@@ -57,6 +57,8 @@ def test_production_instance_loads_with_postgres_storage_and_k8s_launcher(
         assert type(instance.run_launcher).__name__ == "K8sRunLauncher"
         assert instance.run_launcher.job_namespace == "imageml"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        # Dead run workers are marked failed, not left STARTED (issue 10).
+        assert instance.run_monitoring_enabled
         # Storage really is PostgreSQL: a run written through the instance is in its tables.
         run = instance.create_run_for_job(_probe_job())
         assert instance.get_run_by_id(run.run_id) is not None

@@ -258,19 +258,22 @@ def test_plan_filters_prefix_and_keeps_latest_event_per_key(sqlite_store: SqlMan
         ObjectCreated("bkt", "raw/folder/", "x", 0),
     ]
     plan = plan_events(events, raw, sqlite_store, max_objects=10, max_bytes=10**9)
-    assert (plan.events, plan.not_under_prefix, plan.not_candidates) == (10, 3, 2)
-    assert (plan.duplicates_dropped, plan.new_objects, plan.already_known) == (3, 2, 0)
+    assert (plan.events, plan.not_under_prefix) == (10, 3)
+    # Hidden files and folder markers are planned too: ingest records them as skipped.
+    assert (plan.duplicates_dropped, plan.new_objects, plan.already_known) == (3, 4, 0)
     [batch] = plan.batches
     assert [(m.uri, m.etag, m.size) for m in batch.members] == [
+        ("s3://bkt/raw/.hidden.jpg", "x", 1),
         ("s3://bkt/raw/a.jpg", "new", 11),
         ("s3://bkt/raw/b.jpg", "b1", 5),
+        ("s3://bkt/raw/folder/", "x", 0),
     ]
     assert sqlite_store.batch_members(batch.batch_id) == list(batch.members)
     # Same events again: nothing new; the unpublished batch is handed over again.
     again = plan_events(events, raw, sqlite_store, max_objects=10, max_bytes=10**9)
     assert (again.batches, again.already_known, [b.batch_id for b in again.resent]) == (
         [],
-        2,
+        4,
         [batch.batch_id],
     )
     # Once ingest published the batch, the same events plan and resend nothing at all.

@@ -4,12 +4,17 @@ event log. The manifest store's URL carries a password; it reaches its resource 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
+from click.testing import CliRunner
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster_shared.serdes import serialize_value
 
 from imageml_assets.definitions import build_definitions
+from imageml_cli.main import cli
+from imageml_cli.runner import open_instance, run_pipeline
 from imageml_core.discovery import DiscoveryCursor, discover
 from imageml_core.manifest import INGEST
 from imageml_core.settings import ConfigError, Settings
@@ -105,3 +110,31 @@ def test_a_password_that_is_not_from_the_environment_is_refused(
     monkeypatch.delenv("MANIFEST_DB_URL")
     with pytest.raises(ConfigError, match="MANIFEST_DB_URL carries a password"):
         build_resources(settings)
+
+
+def test_a_url_from_a_secret_file_with_a_trailing_newline_still_works(
+    secret_env: dict[str, str],
+    object_store: ObjectStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kubernetes secrets made from files often end in a newline: Settings strips it, and
+    the resources strip what their EnvVar hands over the same way."""
+    monkeypatch.setenv("MANIFEST_DB_URL", secret_env["MANIFEST_DB_URL"] + "\n")
+    settings = Settings.from_env()
+    object_store.put_bytes(settings.raw_uri.join("a.jpg"), jpeg_bytes(1))
+    instance = open_instance(tmp_path / "dagster")
+    summary = run_pipeline(settings, instance, until="ingest", echo=lambda _m: None)
+    instance.dispose()
+    assert not summary.failed, [r.metadata for r in summary.failed]
+    store = open_manifest_store(settings.manifest_db_url)
+    assert [r.uri for r in store.processed_objects(INGEST)] == [str(settings.raw_uri.join("a.jpg"))]
+
+
+def test_the_cli_never_prints_the_password(secret_env: dict[str, str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["lineage", "s3://imageml/raw/none.jpg", "--home", str(tmp_path)], env=secret_env
+    )
+    assert result.exit_code == 1
+    assert "is not in the manifest store at postgresql+psycopg2://postgres:***@" in result.output
+    assert PASSWORD not in result.output

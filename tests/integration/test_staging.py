@@ -19,6 +19,7 @@ from imageml_core.storage.object_store import (
     ObjectStore,
     TransferResult,
 )
+from imageml_core.storage.paths import staged_name
 from imageml_core.storage.staging import InsufficientStagingSpace, NvmeStaging, UnsafeKey
 from imageml_core.uris import S3Uri
 from imageml_dev.embedded_s3 import EmbeddedS3
@@ -126,11 +127,11 @@ def test_stage_in_mirrors_keys_relative_to_base(
     job_dir = tmp_path / "nvme" / "input" / "job-1"
     for s in staged:
         rel = _rel(base, s.info)
-        assert s.path == job_dir / rel
+        assert s.path == job_dir / staged_name(rel)  # one path per key, never shared
         assert s.path.read_bytes() == raw_objects[rel]
         assert s.sha256 == _sha256(raw_objects[rel])
         assert s.from_cache is False
-    assert _files(job_dir) == sorted(job_dir / rel for rel in raw_objects)
+    assert _files(job_dir) == sorted(job_dir / staged_name(rel) for rel in raw_objects)
     # One progress call per object, all against the same total.
     assert len(progress) == len(raw_objects)
     assert {total for _, total in progress} == {len(raw_objects)}
@@ -148,7 +149,7 @@ def test_stage_in_without_base_uses_full_key(
     staged = staging.stage_in(store, _listed(store, base), "job-1")
     job_dir = tmp_path / "nvme" / "input" / "job-1"
     assert sorted(s.path for s in staged) == sorted(
-        job_dir / Path(base.key) / rel for rel in raw_objects
+        job_dir / staged_name(f"{base.key}/{rel}") for rel in raw_objects
     )
 
 
@@ -179,7 +180,7 @@ def test_second_stage_in_is_served_from_cache(
     job2 = tmp_path / "nvme" / "input" / "job-2"
     for s, f in zip(second, first, strict=True):
         rel = _rel(base, s.info)
-        assert s.path == job2 / rel
+        assert s.path == job2 / staged_name(rel)
         assert s.path.read_bytes() == raw_objects[rel]
         assert s.sha256 == f.sha256 == _sha256(raw_objects[rel])
 

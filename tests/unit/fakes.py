@@ -69,8 +69,15 @@ class InMemoryObjectStore:
         return info
 
     def list_objects(
-        self, location: S3Uri, *, start_after: str | None = None, page_size: int = 1000
+        self,
+        location: S3Uri,
+        *,
+        start_after: str | None = None,
+        page_size: int = 1000,
+        folder_markers: bool = False,
     ) -> Iterator[ObjectInfo]:
+        """As the real store: key order, after ``start_after``; empty ``.../`` keys only
+        with ``folder_markers``."""
         if start_after is not None and not isinstance(start_after, str):
             # botocore rejects it too (ParamValidationError: Invalid type for StartAfter)
             raise TypeError(f"start_after must be a key (str), got {start_after!r}")
@@ -82,6 +89,9 @@ class InMemoryObjectStore:
             if bucket == location.bucket
             and key.startswith(location.prefix)
             and (not start_after or key > start_after)
+            and (
+                folder_markers or not (key.endswith("/") and self.objects[(bucket, key)].size == 0)
+            )
         )
 
         def _iterate() -> Iterator[ObjectInfo]:

@@ -10,16 +10,31 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = ROOT / "imageml_core" / "stages"
 
 
-def _modules(path: Path) -> set[str]:
-    """Every absolute module an import statement in ``path`` names (``a.b.c``), including
-    imports inside functions."""
+def _modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module an import in ``path`` names (``a.b.c``), resolved to absolute names:
+    ``import``, ``from ... import`` (relative ones too), and ``importlib.import_module``
+    with a literal name, also inside functions."""
     names: set[str] = set()
+    package = list(path.relative_to(root).parts[:-1])  # relative imports resolve from here
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            if module:
+                names.add(module)
+                names.update(f"{module}.{alias.name}" for alias in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute | ast.Name)
+            and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id)
+            in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names.add(node.args[0].value)
     return names
 
 
@@ -101,15 +116,25 @@ def test_every_stage_has_the_same_name_in_every_layer() -> None:
         assert (ROOT / "perf" / stage).is_dir() or stage == "ingest", stage
 
 
-def test_the_layering_rule_sees_a_cross_stage_import(tmp_path: Path) -> None:
-    """The rule's own parser catches both import forms, also inside a function."""
-    module = tmp_path / "m.py"
+def test_the_layering_rule_sees_every_form_of_a_cross_stage_import(tmp_path: Path) -> None:
+    """The rule's own parser catches absolute, relative and importlib imports, also
+    inside a function (a file where a stage module would be, in a copy of the layout)."""
+    module = tmp_path / "imageml_core" / "stages" / "augment" / "probe.py"
+    module.parent.mkdir(parents=True)
     module.write_text(
+        "import importlib\n"
         "def f():\n"
-        "    from imageml_core.stages.augment.batch import augment_batch\n"
+        "    from imageml_core.stages.ingest.batch import ingest_batch\n"
+        "    importlib.import_module('imageml_core.stages.normalize.batch')\n"
         "import imageml_core.stages.normalize.image\n"
+        "from ..normalize.partition import normalize_partition\n"
+        "from . import transform\n"
     )
+    found = _modules(module, root=tmp_path)
     assert {
-        "imageml_core.stages.augment.batch",
+        "imageml_core.stages.ingest.batch",
+        "imageml_core.stages.normalize.batch",
         "imageml_core.stages.normalize.image",
-    } <= _modules(module)
+        "imageml_core.stages.normalize.partition",
+        "imageml_core.stages.augment.transform",
+    } <= found

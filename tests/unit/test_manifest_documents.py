@@ -860,6 +860,7 @@ def test_augment_ledger_edges_and_summary() -> None:
             "coco_boxes": 2,
             "label_studio_regions": 2,
             "label_studio_validation_errors": ["task 3: region r1 has no label"],
+            "quarantined": {},
         },
     }
     parsed = AugmentSummary.from_json(summary)

@@ -79,39 +79,73 @@ def test_augment_key_parse_refuses_malformed(bad: str) -> None:
 
 
 def test_normalize_key_str_keeps_twelve_hash_characters() -> None:
-    key = NormalizeKey(BATCH, "720p", POLICY_HASH)
-    assert str(key) == "batch-0123456789abcdef|720p@0123456789ab"
+    key = NormalizeKey(BATCH, "default-1a2b3c4d", "720p", POLICY_HASH)
+    assert str(key) == "batch-0123456789abcdef@default-1a2b3c4d|720p@0123456789ab"
+    assert key.augment == AugmentKey(BATCH, "default-1a2b3c4d")
     parsed = NormalizeKey.parse(str(key))
-    assert parsed == NormalizeKey(BATCH, "720p", "0123456789ab")
+    assert parsed == NormalizeKey(BATCH, "default-1a2b3c4d", "720p", "0123456789ab")
     assert parsed != key  # the full hash is not in the key
     assert str(parsed) == str(key)
-    short = NormalizeKey(BATCH, "720p", "0123456789ab")
+    short = NormalizeKey(BATCH, "light-00000000", "720p", "0123456789ab")
     assert NormalizeKey.parse(str(short)) == short
 
 
+def test_each_augmentation_of_a_batch_is_its_own_normalize_partition() -> None:
+    """A new augmentation (another pipeline, more copies) is a new shard to normalize: its
+    key, manifest and annotation files differ from the earlier one's."""
+    one = NormalizeKey(BATCH, "default-11111111", "720p", POLICY_HASH)
+    two = NormalizeKey(BATCH, "default-22222222", "720p", POLICY_HASH)
+    base = variant_base(NORMALIZED, "720p", POLICY_HASH)
+    assert str(one) != str(two)
+    assert normalize_manifest_uri(base, one) != normalize_manifest_uri(base, two)
+    assert normalize_annotation_uris(base, one) != normalize_annotation_uris(base, two)
+
+
 @pytest.mark.parametrize(
-    ("text", "batch", "variant", "policy_hash"),
+    ("text", "batch", "tag", "variant", "policy_hash"),
     [
-        ("batch-0123456789abcdef|800x600@0123456789ab", BATCH, "800x600", "0123456789ab"),
-        ("batch-1-2|1920x1080@aaaabbbbcccc", "batch-1-2", "1920x1080", "aaaabbbbcccc"),
-        ("batch-x|2160p@ffffffffffff", "batch-x", "2160p", "ffffffffffff"),
-        ("b|v@with@sign@h", "b", "v@with@sign", "h"),
-        ("b|v|w@h", "b", "v|w", "h"),
+        (
+            "batch-0123456789abcdef@default-1a2b3c4d|800x600@0123456789ab",
+            BATCH,
+            "default-1a2b3c4d",
+            "800x600",
+            "0123456789ab",
+        ),
+        (
+            "batch-1-2@light-0|1920x1080@aaaabbbbcccc",
+            "batch-1-2",
+            "light-0",
+            "1920x1080",
+            "aaaabbbbcccc",
+        ),
+        ("batch-x@t|2160p@ffffffffffff", "batch-x", "t", "2160p", "ffffffffffff"),
+        ("b@t|v@with@sign@h", "b", "t", "v@with@sign", "h"),
+        ("b@t|v|w@h", "b", "t", "v|w", "h"),
     ],
 )
-def test_normalize_key_parse(text: str, batch: str, variant: str, policy_hash: str) -> None:
+def test_normalize_key_parse(
+    text: str, batch: str, tag: str, variant: str, policy_hash: str
+) -> None:
     key = NormalizeKey.parse(text)
-    assert (key.batch_id, key.variant, key.policy_hash) == (batch, variant, policy_hash)
+    assert (key.batch_id, key.tag, key.variant, key.policy_hash) == (
+        batch,
+        tag,
+        variant,
+        policy_hash,
+    )
     assert str(key) == text
 
 
 @pytest.mark.parametrize(
-    "bad", ["batch-1", "b|v", "b|@h", "|v@h", "b|v@", "b@h", "b|", "|", "", "batch-1@tag"]
+    "bad",
+    ["batch-1", "b@t|v", "b@t|@h", "|v@h", "b@t|v@", "b@h", "b|v@h", "@t|v@h", "b@|v@h", ""],
 )
 def test_normalize_key_parse_refuses_malformed(bad: str) -> None:
     with pytest.raises(InvalidPartitionKey) as err:
         NormalizeKey.parse(bad)
-    assert str(err.value) == f"{bad!r} is not a normalize partition <batch>|<variant>@<hash12>"
+    assert str(err.value) == (
+        f"{bad!r} is not a normalize partition <batch>@<tag>|<variant>@<hash12>"
+    )
 
 
 def test_keys_order_and_hash() -> None:
@@ -120,7 +154,7 @@ def test_keys_order_and_hash() -> None:
         AugmentKey("b1", "z"),
         AugmentKey("b2", "t"),
     ]
-    assert len({NormalizeKey("b", "v", "h"), NormalizeKey("b", "v", "h")}) == 1
+    assert len({NormalizeKey("b", "t", "v", "h"), NormalizeKey("b", "t", "v", "h")}) == 1
 
 
 # ---------------------------------------------------------------------------- ingest layout
@@ -220,24 +254,27 @@ def test_normalized_image_uri(source: str, expected_key: str) -> None:
     )
 
 
+NKEY = NormalizeKey(BATCH, "default-1a2b3c4d", "1080p", POLICY_HASH)
+
+
 def test_normalize_manifest_uri() -> None:
     base = variant_base(NORMALIZED, "1080p", POLICY_HASH)
-    assert str(normalize_manifest_uri(base, BATCH)) == (
+    assert str(normalize_manifest_uri(base, NKEY)) == (
         "s3://lake-silver/normalized-tier/normalized/1080p/0123456789ab/manifests/"
-        "batch-0123456789abcdef.json"
+        "batch-0123456789abcdef@default-1a2b3c4d.json"
     )
 
 
 def test_normalize_annotation_uris() -> None:
     base = variant_base(NORMALIZED, "1080p", POLICY_HASH)
-    coco, ls = normalize_annotation_uris(base, BATCH)
+    coco, ls = normalize_annotation_uris(base, NKEY)
     assert str(coco) == (
         "s3://lake-silver/normalized-tier/normalized/1080p/0123456789ab/annotations/"
-        "batch-0123456789abcdef.coco.json"
+        "batch-0123456789abcdef@default-1a2b3c4d.coco.json"
     )
     assert str(ls) == (
         "s3://lake-silver/normalized-tier/normalized/1080p/0123456789ab/annotations/"
-        "batch-0123456789abcdef.label_studio.json"
+        "batch-0123456789abcdef@default-1a2b3c4d.label_studio.json"
     )
 
 
@@ -246,6 +283,7 @@ def test_layout_matches_readme_conventions() -> None:
     source = parse_s3_uri("s3://raw-photos/in/cat.png")
     akey = AugmentKey(BATCH, augment_tag("default", CONFIG_HASH))
     base = variant_base(NORMALIZED, "720p", POLICY_HASH)
+    nkey = NormalizeKey(BATCH, akey.tag, "720p", POLICY_HASH)
     b, a, n = (
         "s3://lake-bronze/tiers/bronze",
         "s3://lake-silver/augmented",
@@ -258,8 +296,8 @@ def test_layout_matches_readme_conventions() -> None:
         *map(str, augment_annotation_uris(AUGMENTED, akey)),
         str(augment_manifest_uri(AUGMENTED, akey)),
         str(normalized_image_uri(base, source)),
-        *map(str, normalize_annotation_uris(base, BATCH)),
-        str(normalize_manifest_uri(base, BATCH)),
+        *map(str, normalize_annotation_uris(base, nkey)),
+        str(normalize_manifest_uri(base, nkey)),
     ] == [
         f"{b}/manifests/ingest/{BATCH}.json",
         f"{b}/unzipped/in/x.zip/m/y.jpg",
@@ -268,7 +306,7 @@ def test_layout_matches_readme_conventions() -> None:
         f"{a}/annotations/default-abcdef01/{BATCH}.label_studio.json",
         f"{a}/manifests/augment/{BATCH}@default-abcdef01.json",
         f"{n}/normalized/720p/0123456789ab/raw-photos/in/cat.png.jpg",
-        f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}.coco.json",
-        f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}.label_studio.json",
-        f"{n}/normalized/720p/0123456789ab/manifests/{BATCH}.json",
+        f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}@default-abcdef01.coco.json",
+        f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}@default-abcdef01.label_studio.json",
+        f"{n}/normalized/720p/0123456789ab/manifests/{BATCH}@default-abcdef01.json",
     ]

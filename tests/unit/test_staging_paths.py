@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from imageml_core.storage.paths import staged_name
 from imageml_core.storage.staging import (
     InsufficientStagingSpace,
     NvmeStaging,
@@ -70,8 +71,24 @@ def test_safe_relative_path_accepts_normal_keys(tmp_path: Path, key: str) -> Non
     assert str(rel) == key
     staging = NvmeStaging(tmp_path / "nvme")
     path = staging.local_path("input", "job-1", key)
-    assert path == tmp_path / "nvme" / "input" / "job-1" / Path(*key.split("/"))
+    assert path == tmp_path / "nvme" / "input" / "job-1" / Path(*staged_name(key).parts)
+    assert key.endswith(path.name)  # the base name (its last 200 bytes) stays readable
     assert path.resolve().is_relative_to((tmp_path / "nvme" / "input" / "job-1").resolve())
+
+
+def test_distinct_keys_never_share_a_staging_path(tmp_path: Path) -> None:
+    """A key that is a file where another key needs a folder (both legal in S3), and keys
+    whose mirrored path would pass PATH_MAX, each get a path of their own."""
+    staging = NvmeStaging(tmp_path / "nvme")
+    deep = "/".join(["d" * 200] * 25) + "/x.jpg"
+    keys = ["x/conflict.jpg", "x/conflict.jpg/inner.jpg", deep, "y/conflict.jpg"]
+    paths = [staging.local_path("input", "job-1", k) for k in keys]
+    assert len(set(paths)) == len(keys)
+    for key, path in zip(keys, paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key)  # none is a folder of another, none too long
+        assert len(str(path)) < 4096
+    assert [p.read_text() for p in paths] == keys
 
 
 def test_staging_layout_created(tmp_path: Path) -> None:
@@ -102,7 +119,8 @@ def test_symlink_planted_in_staging_tree_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     base = staging.area("input", "job-1")
-    (base / "link").symlink_to(outside, target_is_directory=True)
+    shard = staged_name("link/x.jpg").parts[0]
+    (base / shard).symlink_to(outside, target_is_directory=True)
     with pytest.raises(UnsafeKey, match="resolves outside"):
         staging.local_path("input", "job-1", "link/x.jpg")
 

@@ -2,12 +2,12 @@
 
 import dagster as dg
 
+from imageml_assets.metadata import quarantine_table
 from imageml_assets.partitions import ingest_batches
 from imageml_assets.stage_images import stage_op_tags
 from imageml_core.manifest.documents import AugmentChecks
 from imageml_core.settings import Settings
 from imageml_core.stages.augment.batch import AugmentConfig, augment_batch
-from imageml_core.stages.augment.pipeline import read_pipeline
 from imageml_resources import (
     AugmentationResource,
     DataLayoutResource,
@@ -25,7 +25,10 @@ def check_results(checks: AugmentChecks) -> list[dg.AssetCheckResult]:
     """The asset's three checks from the facts its manifest recorded."""
     return [
         dg.AssetCheckResult(
-            check_name=EVERY_SOURCE_HAS_COPIES, passed=checks.every_source_has_copies
+            check_name=EVERY_SOURCE_HAS_COPIES,
+            passed=checks.every_source_has_copies,
+            # Why a source has no copies, when it was quarantined.
+            metadata={"quarantined": dg.MetadataValue.json(dict(checks.quarantined))},
         ),
         dg.AssetCheckResult(check_name=BOXES_INSIDE_IMAGES, passed=checks.boxes_inside_images),
         dg.AssetCheckResult(
@@ -48,7 +51,11 @@ def build_augmented_images(settings: Settings) -> dg.AssetsDefinition:
     here makes a missing or malformed ``AUGMENT_PIPELINE`` fail when the code location
     loads (its transforms are built, and checked, by the run: Albumentations is slow to
     import)."""
-    tag = read_pipeline(settings.augment_pipeline, copies=settings.augment_copies).tag
+    tag = (
+        AugmentationResource(pipeline=settings.augment_pipeline, copies=settings.augment_copies)
+        .get_spec()
+        .tag
+    )
 
     @dg.asset(
         name="augmented_images",
@@ -90,13 +97,13 @@ def build_augmented_images(settings: Settings) -> dg.AssetsDefinition:
             log_fn=context.log.info,
         )
         assert result.checks is not None  # recorded with every publication
-        return dg.MaterializeResult(
-            metadata={
-                **result.metadata(),
-                "dagster/row_count": result.totals.outputs,
-                "manifest_uri": dg.MetadataValue.url(result.manifest_uri),
-            },
-            check_results=check_results(result.checks),
-        )
+        metadata: dict[str, object] = {
+            **result.metadata(),
+            "dagster/row_count": result.totals.outputs,
+            "manifest_uri": dg.MetadataValue.url(result.manifest_uri),
+        }
+        if result.checks.quarantined:
+            metadata["quarantined"] = quarantine_table(result.checks.quarantined.items())
+        return dg.MaterializeResult(metadata=metadata, check_results=check_results(result.checks))
 
     return augmented_images

@@ -26,7 +26,6 @@ class ConsumeResult:
     ignored_messages: int = 0  # parsed, but held no "object created" event (test events...)
     duplicates_dropped: int = 0
     not_under_prefix: int = 0
-    not_candidates: int = 0
     already_known: int = 0
     new_objects: int = 0
     planned: list[PlannedBatch] = field(default_factory=list)
@@ -101,7 +100,6 @@ def consume_once(
     result.events = plan.events
     result.duplicates_dropped = plan.duplicates_dropped
     result.not_under_prefix = plan.not_under_prefix
-    result.not_candidates = plan.not_candidates
     result.already_known = plan.already_known
     result.new_objects = plan.new_objects
     result.planned = plan.batches

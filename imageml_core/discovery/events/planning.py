@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from imageml_core.discovery.batches import PlannedBatch, group_into_batches, is_candidate
+from imageml_core.discovery.batches import PlannedBatch, group_into_batches
 from imageml_core.discovery.events.parsing import ObjectCreated, supersedes
 from imageml_core.manifest import INGEST, BatchMember, ManifestStore, ObjectVersion
-from imageml_core.storage.object_store import ObjectInfo
 from imageml_core.uris import S3Uri
 
 
@@ -20,7 +19,6 @@ class EventPlan:
     resent: list[PlannedBatch] = field(default_factory=list)
     events: int = 0
     not_under_prefix: int = 0
-    not_candidates: int = 0  # hidden files and folder markers, as the polling path skips
     duplicates_dropped: int = 0  # same key twice in the poll (duplicate or superseded)
     already_known: int = 0  # processed by ingest or already in a planned batch
     new_objects: int = 0
@@ -50,10 +48,6 @@ def plan_events(
         plan.events += 1
         if event.bucket != objects_under.bucket or not event.key.startswith(objects_under.prefix):
             plan.not_under_prefix += 1
-            continue
-        info = ObjectInfo(event.uri, event.etag, event.size, event.event_time)
-        if not is_candidate(info):
-            plan.not_candidates += 1
             continue
         slot = (event.bucket, event.key)
         previous = latest.get(slot)

@@ -18,6 +18,7 @@ from imageml_core.manifest.documents.base import (
     MANIFEST_SCHEMA,
     AnnotationFiles,
     DocumentError,
+    QuarantinedSource,
     StageDocument,
     json_bytes,
 )
@@ -38,7 +39,6 @@ from imageml_core.manifest.documents.normalize import (
     NormalizeManifest,
     NormalizeSummary,
     PolicyInfo,
-    QuarantinedSource,
 )
 
 __all__ = [

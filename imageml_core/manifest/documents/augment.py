@@ -10,8 +10,18 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Self
 
 from imageml_core.annotations.regions import Region, regions_from_json, regions_to_json
-from imageml_core.manifest.documents.base import AnnotationFiles, StageDocument, read_field
-from imageml_core.manifest.interface import AUGMENT, LineageEdge, ProcessedObject
+from imageml_core.manifest.documents.base import (
+    AnnotationFiles,
+    QuarantinedSource,
+    StageDocument,
+    read_field,
+)
+from imageml_core.manifest.interface import (
+    AUGMENT,
+    STATUS_QUARANTINED,
+    LineageEdge,
+    ProcessedObject,
+)
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,7 @@ class AugmentChecks:
     coco_boxes: int
     label_studio_regions: int
     label_studio_validation_errors: tuple[str, ...] = ()
+    quarantined: Mapping[str, str] = field(default_factory=dict)  # source URI -> reason
 
     @property
     def counts_conserved(self) -> bool:
@@ -164,6 +175,7 @@ class AugmentChecks:
             coco_boxes=read_field(doc, "coco_boxes", int, what),
             label_studio_regions=read_field(doc, "label_studio_regions", int, what),
             label_studio_validation_errors=tuple(doc.get("label_studio_validation_errors") or ()),
+            quarantined=dict(doc.get("quarantined") or {}),
         )
 
 
@@ -229,6 +241,7 @@ class AugmentManifest(StageDocument):
     sources: tuple[AugmentSource, ...]
     outputs: tuple[AugmentOutput, ...]
     totals: AugmentTotals = field(default_factory=AugmentTotals)
+    quarantined: tuple[QuarantinedSource, ...] = ()
 
     def body(self) -> dict[str, Any]:
         return {
@@ -240,6 +253,7 @@ class AugmentManifest(StageDocument):
             "totals": self.totals.to_json(),
             "sources": [s.to_json() for s in self.sources],
             "outputs": [o.to_json() for o in self.outputs],
+            "quarantined": [q.to_json() for q in self.quarantined],
         }
 
     @classmethod
@@ -259,6 +273,7 @@ class AugmentManifest(StageDocument):
                 doc, "outputs", lambda v: tuple(AugmentOutput.from_json(o) for o in v), what
             ),
             totals=AugmentTotals.from_json(doc.get("totals") or {}),
+            quarantined=tuple(QuarantinedSource.from_json(q) for q in doc.get("quarantined") or ()),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -267,7 +282,17 @@ class AugmentManifest(StageDocument):
         ).to_json()
 
     def ledger(self) -> list[ProcessedObject]:
-        return [o.processed_object() for o in self.outputs]
+        """Outputs ok; sources that made no copies quarantined, with their reason."""
+        return [o.processed_object() for o in self.outputs] + [
+            ProcessedObject(
+                uri=q.source_uri,
+                etag=q.etag,
+                status=STATUS_QUARANTINED,
+                reason=q.reason,
+                details={"kind": "augment_source"},
+            )
+            for q in self.quarantined
+        ]
 
     def edges(self) -> list[LineageEdge]:
         return [LineageEdge(o.source_uri, o.uri, AUGMENT) for o in self.outputs]

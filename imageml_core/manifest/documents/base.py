@@ -75,6 +75,28 @@ class AnnotationFiles:
         )
 
 
+@dataclass(frozen=True)
+class QuarantinedSource:
+    """A source a stage made no output for, and why (changed, gone or undecodable since
+    an earlier stage recorded it). ``etag`` is the one that stage recorded."""
+
+    source_uri: str
+    reason: str
+    etag: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> QuarantinedSource:
+        what = "quarantined source"
+        return cls(
+            source_uri=read_field(doc, "source_uri", str, what),
+            reason=read_field(doc, "reason", str, what),
+            etag=str(doc.get("etag", "")),
+        )
+
+
 class StageDocument(abc.ABC):
     """A stage's manifest: published as JSON next to its outputs and summarised in the
     manifest store. Subclasses are frozen dataclasses with ``partition_key`` and

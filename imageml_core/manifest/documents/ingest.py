@@ -18,10 +18,10 @@ from imageml_core.manifest.interface import (
     ProcessedObject,
 )
 
-#: Ledger ``kind`` of every ingested object: a raw image, a JSON annotation file, a ZIP
-#: archive, a ZIP member (extracted to ``BRONZE_URI/unzipped/`` or refused), or an object
-#: that could not even be staged.
-KINDS = ("image", "annotation", "archive", "archive_member", "unknown")
+# Ledger ``kind`` of an ingested object: "image" (raw), "annotation" (a JSON file),
+# "archive" (a ZIP), "archive_member" (extracted to BRONZE_URI/unzipped/ or refused),
+# "unknown" (could not even be staged) or "other" (skipped by rule: hidden file, folder
+# marker).
 IMAGE_KINDS = frozenset({"image", "archive_member"})
 _LEDGER_FIELDS = ("uri", "etag", "status", "reason", "sha256")
 
@@ -30,7 +30,8 @@ _LEDGER_FIELDS = ("uri", "etag", "status", "reason", "sha256")
 class IngestEntry:
     """One object of an ingest batch and its outcome.
 
-    ``size`` in bytes; ``width``/``height`` in pixels as stored (before EXIF rotation);
+    ``size`` in bytes; ``width``/``height`` in pixels of the displayed frame (EXIF
+    orientation applied; ``orientation`` is the EXIF value found);
     ``status`` ok, quarantined (``reason`` says why) or skipped. An extracted ZIP member has
     ``uri`` = its ``BRONZE_URI/unzipped/...`` location and ``source_uri`` = the archive; a
     refused member has ``uri`` = ``<archive uri>#<member name>``.
@@ -48,6 +49,7 @@ class IngestEntry:
     width: int | None = None
     height: int | None = None
     frames: int | None = None
+    orientation: int | None = None
     staged_path: str | None = None
     source_uri: str | None = None
     members: int | None = None
@@ -199,7 +201,8 @@ class IngestManifest(StageDocument):
 class IngestedObject:
     """What later stages read of an ingested object (from the ingest ledger).
 
-    ``width``/``height`` in pixels as stored (before EXIF rotation); ``size`` in bytes.
+    ``width``/``height`` in pixels of the displayed frame (EXIF orientation applied, the
+    frame annotations are read in); ``size`` in bytes.
     """
 
     uri: str

@@ -15,6 +15,7 @@ from imageml_core.annotations.regions import Region, regions_from_json, regions_
 from imageml_core.manifest.documents.base import (
     AnnotationFiles,
     DocumentError,
+    QuarantinedSource,
     StageDocument,
     read_field,
 )
@@ -96,28 +97,6 @@ class NormalizedOutput:
                 "height": self.height,
                 "normalization_policy_hash": self.normalization_policy_hash,
             },
-        )
-
-
-@dataclass(frozen=True)
-class QuarantinedSource:
-    """A source of the shard that has no output, and why (changed, gone or undecodable
-    since stage 1 recorded it). ``etag`` is the one stage 1 recorded."""
-
-    source_uri: str
-    reason: str
-    etag: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> QuarantinedSource:
-        what = "quarantined source"
-        return cls(
-            source_uri=read_field(doc, "source_uri", str, what),
-            reason=read_field(doc, "reason", str, what),
-            etag=str(doc.get("etag", "")),
         )
 
 
@@ -212,11 +191,11 @@ class NormalizeSummary:
 
 @dataclass(frozen=True)
 class NormalizeManifest(StageDocument):
-    """``NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>.json``."""
+    """``NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>@<tag>.json``."""
 
     step: ClassVar = NORMALIZE
 
-    partition_key: str  # "<batch>|<variant>@<hash12>" (manifest.keys.NormalizeKey)
+    partition_key: str  # "<batch>@<tag>|<variant>@<hash12>" (manifest.keys.NormalizeKey)
     batch_id: str
     dataset: str
     variant_name: str
@@ -248,7 +227,7 @@ class NormalizeManifest(StageDocument):
         return cls(
             partition_key=read_field(doc, "partition_key", str, what),
             batch_id=read_field(doc, "batch_id", str, what),
-            dataset=read_field(doc, "dataset", str, what),
+            dataset=str(doc.get("dataset", "")),  # absent from the first v1 documents
             variant_name=read_field(doc, "variant_name", str, what),
             augment_tag=read_field(doc, "augment_tag", str, what),
             normalization_policy_hash=read_field(doc, "normalization_policy_hash", str, what),

@@ -26,6 +26,7 @@ from imageml_core.annotations.intake import (
     folder_of,
 )
 from imageml_core.annotations.regions import Region
+from imageml_core.imaging import UndecodableImage, decode_rgb
 from imageml_core.manifest.documents import (
     AnnotationFiles,
     AugmentChecks,
@@ -36,6 +37,7 @@ from imageml_core.manifest.documents import (
     AugmentTotals,
     IngestedObject,
     PipelineInfo,
+    QuarantinedSource,
     ingested_objects,
     ingested_under,
 )
@@ -48,9 +50,16 @@ from imageml_core.manifest.keys import (
 )
 from imageml_core.manifest.publish import OutputFiles, publish_partition, published
 from imageml_core.stages.augment.pipeline import AugmentPipeline
-from imageml_core.stages.augment.transform import augment_image, decode_rgb, encode_jpeg
+from imageml_core.stages.augment.transform import augment_image, encode_jpeg
 from imageml_core.storage.object_store import ObjectInfo, ObjectStore
-from imageml_core.storage.staging import NvmeStaging, StagedObject
+from imageml_core.storage.paths import staged_name
+from imageml_core.storage.staging import (
+    NvmeStaging,
+    StagedObject,
+    job_name,
+    raise_unless_quarantinable,
+    staging_reason,
+)
 from imageml_core.uris import S3Uri, parse_s3_uri
 
 
@@ -93,6 +102,7 @@ class _Augmented:
     digests: dict[Path, tuple[str, str]] = field(default_factory=dict)
     boxes_in: int = 0
     boxes_dropped: int = 0
+    quarantined: dict[str, str] = field(default_factory=dict)  # source URI -> reason
 
 
 def augment_batch(
@@ -119,14 +129,19 @@ def augment_batch(
         )
     images = [o for o in ingested_objects(manifest, batch_id) if o.is_image]
     folders = _folders(manifest, images)
-    job = f"augment-{batch_id}"
-    staged = _stage(store, staging, job, images, folders.annotation_files, key, log_fn)
+    job = job_name("augment", batch_id, run_id)
+    staged, left_out = _stage(store, staging, job, images, folders.annotation_files, key, log_fn)
     regions_by_uri, intake = collect_annotations(
         [ImageRef(i.uri, i.width or 0, i.height or 0) for i in images],
-        [(o.uri, staged[o.uri].path) for o in folders.annotation_files],
+        [(o.uri, staged[o.uri].path) for o in folders.annotation_files if o.uri in staged],
         folder_images=folders.images,
     )
+    image_uris = {i.uri for i in images}
+    intake.files += [{"uri": u, "error": r} for u, r in left_out.items() if u not in image_uris]
     made = _augment_all(images, staged, regions_by_uri, pipeline, config, staging, job)
+    made.quarantined |= {u: r for u, r in left_out.items() if u in image_uris}
+    for uri, reason in made.quarantined.items():
+        log_fn(f"{key}: quarantined {uri}: {reason}")
     document, coco, ls_tasks = _document(
         key, config, pipeline, images, regions_by_uri, made, intake
     )
@@ -175,11 +190,18 @@ def _stage(
     annotation_files: Sequence[IngestedObject],
     key: AugmentKey,
     log_fn: Callable[[str], None],
-) -> dict[str, StagedObject]:
-    """Stage the batch's images and its folders' annotation files; keyed by URI."""
+) -> tuple[dict[str, StagedObject], dict[str, str]]:
+    """Stage the batch's images and its folders' annotation files, keyed by URI; and the
+    objects left out because they vanished or changed since ingest (URI -> reason).
+    Raises the first staging failure that is not the object's fault."""
     log_fn(f"{key}: staging {len(images)} images and {len(annotation_files)} annotation files")
     infos = [ObjectInfo(parse_s3_uri(o.uri), o.etag, o.size) for o in [*images, *annotation_files]]
-    return {str(s.info.uri): s for s in staging.stage_in(store, infos, job, base=None)}
+    failures: dict[str, Exception] = {}
+    staged = staging.stage_in(store, infos, job, base=None, failures=failures)
+    raise_unless_quarantinable(failures)
+    return {str(s.info.uri): s for s in staged}, {
+        uri: staging_reason(exc) for uri, exc in failures.items()
+    }
 
 
 def _augment_all(
@@ -195,15 +217,23 @@ def _augment_all(
     out_dir = staging.area("output", job)
     made = _Augmented()
     for image in images:
+        if image.uri not in staged:
+            continue  # left out at staging (gone or changed): quarantined by the caller
         source = parse_s3_uri(image.uri)
-        pixels = decode_rgb(staged[image.uri].path)
+        try:
+            pixels = decode_rgb(staged[image.uri].path)
+        except UndecodableImage as exc:
+            # Ingest verified it, so the object changed or the decoder disagrees: this
+            # source is left out with the reason; the batch goes on.
+            made.quarantined[image.uri] = str(exc)
+            continue
         regions = tuple(regions_by_uri.get(image.uri, ()))
         for k in range(pipeline.copies):
             seed = pipeline.seed_for(image.sha256, k)
             result = augment_image(pixels, regions, pipeline, seed)
             data = encode_jpeg(result.image, pipeline.quality)
             target = augmented_image_uri(config.augmented_uri, pipeline.tag, source, k)
-            local = out_dir / source.bucket / source.key / f"aug-{k}.jpg"
+            local = out_dir.joinpath(*staged_name(f"{source}/aug-{k}.jpg").parts)
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(data)
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -268,6 +298,7 @@ def _checks(
             for a in [*t.get("annotations", []), *t.get("predictions", [])]
         ),
         label_studio_validation_errors=tuple(ls_errors[:20]),
+        quarantined=dict(list(made.quarantined.items())[:50]),
     )
 
 
@@ -321,8 +352,13 @@ def _document(
                 regions=_rounded(regions_by_uri.get(i.uri, ())),
             )
             for i in sorted(images, key=lambda i: i.uri)
+            if i.uri not in made.quarantined
         ),
         outputs=tuple(made.outputs),
+        quarantined=tuple(
+            QuarantinedSource(uri, reason, next(i.etag for i in images if i.uri == uri))
+            for uri, reason in sorted(made.quarantined.items())
+        ),
         totals=AugmentTotals(
             sources=len(images),
             outputs=len(made.outputs),

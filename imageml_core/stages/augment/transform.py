@@ -16,7 +16,6 @@ SHA-256, the pipeline's config hash and ``k``, so a rerun writes byte-identical 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -107,11 +106,3 @@ def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
-
-
-def decode_rgb(path: Path) -> np.ndarray:
-    """Decode with EXIF orientation applied (cv2 does by default), as RGB uint8."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

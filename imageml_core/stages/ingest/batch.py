@@ -22,13 +22,13 @@ from imageml_core.manifest.documents import (
     IngestManifest,
     IngestSummary,
 )
-from imageml_core.manifest.interface import INGEST, BatchMember, ManifestStore
+from imageml_core.manifest.interface import INGEST, STATUS_SKIPPED, BatchMember, ManifestStore
 from imageml_core.manifest.keys import ingest_manifest_uri
 from imageml_core.manifest.publish import OutputFiles, publish_partition, published
 from imageml_core.stages.ingest.examine import Examined, Examiner, entry
 from imageml_core.stages.ingest.verify import ImageCheck
 from imageml_core.storage.object_store import ObjectInfo, ObjectStore
-from imageml_core.storage.staging import NvmeStaging, UnsafeKey, safe_relative_path
+from imageml_core.storage.staging import NvmeStaging, UnsafeKey, job_name, safe_relative_path
 from imageml_core.uris import InvalidS3Uri, S3Uri, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def ingest_batch(
         )
     infos, entries = _stageable(members, config.raw_uri)
     infos, reused = _reuse_checkpoint(manifest, batch_id, infos, log_fn)
-    examined = _stage_and_examine(batch_id, infos, store, staging, config, log_fn)
+    job = job_name("ingest", batch_id, run_id)
+    examined = _stage_and_examine(batch_id, job, infos, store, staging, config, log_fn)
     entries += reused + examined.entries
     manifest.save_checkpoint(
         INGEST,
@@ -125,7 +126,7 @@ def ingest_batch(
         outputs=OutputFiles(examined.uploads),
         run_id=run_id,
     )
-    staging.cleanup(batch_id)
+    staging.cleanup(job)
     for q in document.quarantined:
         log_fn(f"{batch_id}: quarantined {q.uri}: {q.reason}")
     log_fn(f"{batch_id}: {document.counts.to_json()}")
@@ -134,14 +135,27 @@ def ingest_batch(
     )
 
 
+def _skip_reason(key: str) -> str | None:
+    """Why an object is not ingested although it is under the raw prefix, or None."""
+    if key.endswith("/"):
+        return "folder marker (the key ends in '/'), not a file"
+    if key.rsplit("/", 1)[-1].startswith("."):
+        return "hidden file (the name starts with '.')"
+    return None
+
+
 def _stageable(
     members: Sequence[BatchMember], raw_uri: S3Uri
 ) -> tuple[list[ObjectInfo], list[IngestEntry]]:
-    """Members that can be staged, and entries quarantining the ones whose key is unsafe
-    (would escape the staging directory) or not under ``raw_uri``."""
+    """Members that can be staged, and entries for the others: skipped (hidden files,
+    folder markers) or quarantined (a key that is not a plain path, or not under
+    ``raw_uri``). Every member ends in one recorded state."""
     infos: list[ObjectInfo] = []
     refused: list[IngestEntry] = []
     for m in members:
+        if (why := _skip_reason(m.uri)) is not None:
+            refused.append(IngestEntry(m.uri, m.etag, m.size, "other", STATUS_SKIPPED, reason=why))
+            continue
         try:
             uri = parse_s3_uri(m.uri)
             safe_relative_path(raw_uri.relative_key(uri))
@@ -177,6 +191,7 @@ def _same_version(previous: IngestEntry | None, info: ObjectInfo) -> bool:
 
 def _stage_and_examine(
     batch_id: str,
+    job: str,
     infos: list[ObjectInfo],
     store: ObjectStore,
     staging: NvmeStaging,
@@ -191,7 +206,7 @@ def _stage_and_examine(
     staged = staging.stage_in(
         store,
         infos,
-        batch_id,
+        job,
         base=config.raw_uri,
         failures=failures,
         on_progress=lambda done, total: (
@@ -206,8 +221,7 @@ def _stage_and_examine(
     examiner = Examiner(
         raw_uri=config.raw_uri,
         bronze_uri=config.bronze_uri,
-        staging_root=staging.root,
-        work_dir=staging.area("work", batch_id),
+        work_dir=staging.area("work", job),
         max_image_pixels=config.max_image_pixels,
     )
     with ThreadPoolExecutor(max_workers=max(1, config.verify_workers)) as pool:

@@ -16,6 +16,7 @@ from imageml_core.manifest.interface import STATUS_OK, STATUS_QUARANTINED, STATU
 from imageml_core.manifest.keys import archive_member_ref, unzipped_member_uri
 from imageml_core.stages.ingest.archives import ArchiveMember, InvalidArchive, expand_zip, is_zip
 from imageml_core.stages.ingest.verify import ImageCheck, check_annotation_file, verify_image
+from imageml_core.storage.paths import staged_name
 from imageml_core.storage.staging import StagedObject
 from imageml_core.uris import S3Uri
 
@@ -58,24 +59,24 @@ class Examined:
 
 @dataclass(frozen=True)
 class Examiner:
-    """Examines staged objects of one batch. ``staging_root`` makes ``staged_path``
-    relative; ``work_dir`` is where ZIPs expand; ``max_image_pixels`` is the bomb limit."""
+    """Examines staged objects of one batch. ``work_dir`` is where ZIPs expand;
+    ``max_image_pixels`` is the bomb limit. (Where a file was staged is not recorded: the
+    directory is per run and gone after it, and the manifest must not differ between two
+    runs of the same batch.)"""
 
     raw_uri: S3Uri
     bronze_uri: S3Uri
-    staging_root: Path
     work_dir: Path
     max_image_pixels: int
 
     def __call__(self, obj: StagedObject) -> Examined:
         """One staged object: ``.json`` -> annotation file, ZIP -> archive, else image."""
         info, path = obj.info, obj.path
-        staged = str(path.relative_to(self.staging_root))
         if path.suffix.lower() == ".json":
             check = check_annotation_file(path)
             kind = "annotation"
         elif is_zip(path):
-            return self._archive(obj, staged)
+            return self._archive(obj)
         else:
             check = verify_image(path, max_pixels=self.max_image_pixels)
             kind = "image"
@@ -88,18 +89,17 @@ class Examiner:
                     kind,
                     check,
                     sha256=obj.sha256,
-                    staged_path=staged,
                 )
             ]
         )
 
-    def _archive(self, obj: StagedObject, staged: str) -> Examined:
+    def _archive(self, obj: StagedObject) -> Examined:
         """The archive's own entry, then one per member (extracted, skipped or refused)."""
         info = obj.info
         zip_uri = str(info.uri)
         zip_key = self.raw_uri.relative_key(info.uri)
         try:
-            members = expand_zip(obj.path, self.work_dir / zip_key)
+            members = expand_zip(obj.path, self.work_dir.joinpath(*staged_name(zip_key).parts))
         except InvalidArchive as exc:
             bad = ImageCheck(False, str(exc))
             return Examined(
@@ -114,7 +114,6 @@ class Examiner:
                     "archive",
                     ImageCheck(True),
                     sha256=obj.sha256,
-                    staged_path=staged,
                     members=len(members),
                 )
             ]
@@ -153,7 +152,6 @@ class Examiner:
                 check,
                 sha256=sha,
                 source_uri=zip_uri,
-                staged_path=str(member.path.relative_to(self.staging_root)),
             )
         )
         if check.ok:

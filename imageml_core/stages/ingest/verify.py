@@ -1,6 +1,7 @@
 """Verification of raw objects as images (DESIGN.md section 7: bad input is quarantined).
 
-Every check returns a reason a person can act on; nothing raises for bad *content*.
+Every check returns a reason a person can act on; nothing raises for bad *content*. What
+decodes, and in which frame, is :mod:`imageml_core.imaging`'s rule, shared by every stage.
 """
 
 from __future__ import annotations
@@ -13,35 +14,30 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-# Formats the pipeline decodes. MPO is what many cameras write for JPEGs with previews.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
-# Modes that convert to RGB by a stated rule (stage 2): palette/gray/alpha/CMYK/16-bit.
-SUPPORTED_MODES = frozenset(
-    {
-        "1",
-        "L",
-        "LA",
-        "La",
-        "P",
-        "PA",
-        "RGB",
-        "RGBA",
-        "RGBa",
-        "RGBX",
-        "CMYK",
-        "YCbCr",
-        "I;16",
-        "I;16B",
-        "I;16L",
-        "I",
-    }
+from imageml_core.imaging import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    SUPPORTED_FORMATS,
+    SUPPORTED_MODES,
+    ImageHeader,
+    jpeg_corruption,
+    read_header,
+    unsupported,
 )
-DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own bomb threshold (2x its warning level)
+
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "ImageCheck",
+    "check_annotation_file",
+    "verification_policy_hash",
+    "verify_image",
+]
 
 
 @dataclass(frozen=True)
 class ImageCheck:
-    """Outcome of verifying one file. Width and height are in pixels, before EXIF rotation."""
+    """Outcome of verifying one file. ``width``/``height`` are pixels of the displayed
+    frame (EXIF orientation applied, :mod:`imageml_core.imaging`); ``orientation`` is the
+    EXIF value found (1 when none)."""
 
     ok: bool
     reason: str | None = None
@@ -50,15 +46,31 @@ class ImageCheck:
     width: int | None = None
     height: int | None = None
     frames: int = 1
+    orientation: int | None = None
+
+    @classmethod
+    def of(cls, header: ImageHeader, reason: str | None = None) -> ImageCheck:
+        """A check carrying ``header``'s fields; failed when ``reason`` is given."""
+        return cls(
+            reason is None,
+            reason,
+            header.format,
+            header.mode,
+            header.width,
+            header.height,
+            header.frames,
+            header.orientation,
+        )
 
     def as_details(self) -> dict[str, object]:
-        """Format, mode, width/height (pixels, before EXIF rotation), frames: entry fields."""
+        """Format, mode, displayed width/height (pixels), frames, orientation: entry fields."""
         return {
             "format": self.format,
             "mode": self.mode,
             "width": self.width,
             "height": self.height,
             "frames": self.frames,
+            "orientation": self.orientation,
         }
 
 
@@ -66,7 +78,10 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
     """Open and fully decode ``path`` (cheaply) to prove it is a usable image.
 
     JPEGs are decoded with libjpeg's DCT scaling (``draft``) at 1/8 size: every byte of
-    entropy-coded data is still read, so truncation is caught at a fraction of the cost.
+    entropy-coded data is still read, so truncation is caught at a fraction of the cost;
+    then libjpeg-turbo's warnings about damaged scan data, which Pillow hides, are
+    corruption too (:func:`~imageml_core.imaging.jpeg_corruption`). Format, mode and size
+    rules are :func:`~imageml_core.imaging.unsupported`'s.
     """
     try:
         size = path.stat().st_size
@@ -74,40 +89,16 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
         return ImageCheck(False, f"cannot read staged file: {exc}")
     if size == 0:
         return ImageCheck(False, "empty object (0 bytes)")
-    fmt: str | None = None
-    mode: str | None = None
-    width: int | None = None
-    height: int | None = None
+    header: ImageHeader | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                fmt, mode = img.format or "unknown", img.mode
-                width, height = img.size
-                if fmt not in SUPPORTED_FORMATS:
-                    return ImageCheck(
-                        False, f"unsupported image format {fmt}", fmt, mode, width, height
-                    )
-                if width <= 0 or height <= 0:
-                    return ImageCheck(
-                        False, f"invalid dimensions {width}x{height}", fmt, mode, width, height
-                    )
-                if width * height > max_pixels:
-                    return ImageCheck(
-                        False,
-                        f"decompression bomb: {width}x{height} = {width * height} pixels exceeds "
-                        f"MAX_IMAGE_PIXELS={max_pixels}",
-                        fmt,
-                        mode,
-                        width,
-                        height,
-                    )
-                if mode not in SUPPORTED_MODES:
-                    return ImageCheck(
-                        False, f"unsupported colour mode {mode}", fmt, mode, width, height
-                    )
-                frames = int(getattr(img, "n_frames", 1) or 1)
-                if fmt in ("JPEG", "MPO"):
+                header = read_header(img)
+                if problem := unsupported(header, max_pixels):
+                    return ImageCheck.of(header, problem)
+                if header.format in ("JPEG", "MPO"):
+                    width, height = img.size
                     img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 img.load()
     except UnidentifiedImageError:
@@ -116,10 +107,11 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
         return ImageCheck(False, f"decompression bomb: {exc}")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated", ...).
-        return ImageCheck(
-            False, f"truncated or corrupt image data: {exc}", fmt, mode, width, height
-        )
-    return ImageCheck(True, None, fmt, mode, width, height, frames)
+        reason = f"truncated or corrupt image data: {exc}"
+        return ImageCheck.of(header, reason) if header else ImageCheck(False, reason)
+    if header.format in ("JPEG", "MPO") and (damage := jpeg_corruption(path.read_bytes())):
+        return ImageCheck.of(header, f"truncated or corrupt image data: {damage}")
+    return ImageCheck.of(header)
 
 
 def check_annotation_file(path: Path) -> ImageCheck:
@@ -147,6 +139,9 @@ def verification_policy_hash(max_image_pixels: int) -> str:
     bomb limit, the accepted formats and modes): the ``raw_images`` asset's code version,
     so a change shows in Dagster as stale partitions."""
     doc = {
+        # The rules themselves, by name: sizes in the displayed frame, damaged JPEG scan
+        # data is corruption (imageml_core.imaging).
+        "rules": ["displayed-frame", "jpeg-corruption"],
         "max_image_pixels": max_image_pixels,
         "formats": sorted(SUPPORTED_FORMATS),
         "modes": sorted(SUPPORTED_MODES),

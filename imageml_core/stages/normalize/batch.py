@@ -34,8 +34,14 @@ from imageml_core.stages.normalize.image import (
     scale_polygon,
     scale_region,
 )
-from imageml_core.storage.object_store import ObjectChanged, ObjectInfo, ObjectNotFound, ObjectStore
-from imageml_core.storage.staging import NvmeStaging, StagedObject
+from imageml_core.storage.object_store import ObjectInfo, ObjectStore
+from imageml_core.storage.paths import staged_name
+from imageml_core.storage.staging import (
+    NvmeStaging,
+    StagedObject,
+    job_name,
+    raise_unless_quarantinable,
+)
 from imageml_core.uris import S3Uri, parse_s3_uri
 
 
@@ -88,7 +94,7 @@ class BatchResult:
     quarantined: dict[str, str] = field(default_factory=dict)
 
 
-def normalize_staged_file(args: tuple[str, str, NormalizePolicy, str]) -> StagedResult:
+def normalize_file(args: tuple[str, str, NormalizePolicy, str]) -> StagedResult:
     """Process-pool task: normalize one staged file, write variants under ``out_root``."""
     src_path, rel, policy, out_root = args
     try:
@@ -111,15 +117,6 @@ def normalize_staged_file(args: tuple[str, str, NormalizePolicy, str]) -> Staged
             sha256=hashlib.sha256(v.data).hexdigest(),
         )
     return StagedResult(None, result.source_width, result.source_height, result.path, variants)
-
-
-def _raise_unless_quarantinable(failures: dict[str, Exception]) -> None:
-    """A source that vanished or changed is quarantined; any other staging failure
-    (network, permissions, a full disk) is not the object's fault, so it fails the batch
-    and a retry can succeed, instead of leaving the source out of a published manifest."""
-    for exc in failures.values():
-        if not isinstance(exc, (ObjectNotFound, ObjectChanged)):
-            raise exc
 
 
 def _current_sources(
@@ -195,6 +192,7 @@ def compute_batch(
     policy: NormalizePolicy,
     normalized_uri: S3Uri,
     workers: int = 0,
+    run_id: str | None = None,
     log_fn: Callable[[str], None],
 ) -> BatchResult:
     """Every variant of every item (``workers`` processes, 0 = one per core).
@@ -202,7 +200,7 @@ def compute_batch(
     Raises the first staging failure that is not the source's fault (network, access
     denied, a full disk) so a retry can succeed; sources that vanished, changed or no
     longer decode are quarantined instead."""
-    job = f"normalize-{batch_id}"
+    job = job_name("normalize", batch_id, run_id)
     infos, quarantined = _current_sources(store, items)
     for uri, reason in quarantined.items():
         log_fn(f"{batch_id}: quarantined {uri}: {reason}")
@@ -264,12 +262,12 @@ def _submit(
         for n in range(len(chunks)):
             assert next_chunk is not None
             staged = next_chunk.result()
-            _raise_unless_quarantinable(failures)
+            raise_unless_quarantinable(failures)
             if n + 1 < len(chunks):
                 next_chunk = stager.submit(stage, chunks[n + 1])
             for s in staged:
-                rel = f"{s.info.uri.bucket}/{s.info.uri.key}"
-                fut = pool.submit(normalize_staged_file, (str(s.path), rel, policy, out_root))
+                rel = str(staged_name(f"{s.info.uri.bucket}/{s.info.uri.key}"))
+                fut = pool.submit(normalize_file, (str(s.path), rel, policy, out_root))
                 pending[fut] = by_uri[str(s.info.uri)]
     return pending
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps
+from PIL import Image
 
+from imageml_core.imaging import read_header, to_rgb8, upright
 from imageml_core.sizes import (
     CHROMA_SUBSAMPLINGS,
     FIT_POLICIES,
@@ -44,17 +45,16 @@ from imageml_core.sizes import (
 
 cv2.setNumThreads(1)  # one image per process; parallelism comes from the process pool
 
-_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 # Output chroma subsampling: 4:2:0 is what cameras and most datasets use (smallest files);
 # 4:4:4 keeps colour edges (measured on the benchmark's saturated edges: worst RGB PSNR
-# 36.0 dB instead of 32.7, ~10% slower per image, ~45% more bytes; perf/bench_normalize.py).
+# 36.0 dB instead of 32.7, ~10% slower per image, ~45% more bytes; perf/normalize/bench_inner_loop.py).
 _SAMPLING_FACTORS = {
     "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
     "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
 }
 assert set(_SAMPLING_FACTORS) == set(CHROMA_SUBSAMPLINGS)
 # EXIF orientation -> the operation that displays the stored pixels upright (as Pillow's
-# ImageOps.exif_transpose does; tests/unit/test_normalize.py checks all eight against it).
+# ImageOps.exif_transpose does; tests/unit/normalize/test_image.py checks all eight against it).
 _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     2: lambda a: cv2.flip(a, 1),
     3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
@@ -161,30 +161,10 @@ class Normalized:
     variants: tuple[VariantImage, ...]
 
 
-def _oriented_size(stored: tuple[int, int], orientation: int) -> tuple[int, int]:
-    w, h = stored
-    return (h, w) if orientation in _TRANSPOSED_ORIENTATIONS else (w, h)
-
-
 def _needed_scale(variant: SizeVariant, src_w: int, src_h: int, fit: str) -> float:
     """The largest source->output scale factor this variant uses."""
     sx, sy, _, _ = variant.scale_geometry(src_w, src_h, fit)
     return max(sx, sy)
-
-
-def to_rgb8(img: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
-    """Pillow image (any supported mode) -> RGB uint8 array, by the module's colour rule."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
-        shift = 8 if img.mode != "I" else max(0, int(arr.max()).bit_length() - 8)
-        img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        img = Image.alpha_composite(canvas, rgba)
-    return np.asarray(img.convert("RGB"))
 
 
 def _decode_reduced(data: bytes, stored_w: int, stored_h: int, reduction: int) -> np.ndarray:
@@ -206,12 +186,15 @@ def _decode_reduced(data: bytes, stored_w: int, stored_h: int, reduction: int) -
 def _decode(
     path: Path, data: bytes, policy: NormalizePolicy
 ) -> tuple[np.ndarray, int, int, str, int]:
-    """Pixels (BGR uint8, oriented), oriented source size, decode path, reduction factor."""
+    """Pixels (BGR uint8, displayed frame), their size, decode path, reduction factor.
+
+    Orientation and colour follow :mod:`imageml_core.imaging` on both paths: the fast path
+    applies the JPEG's EXIF orientation to the reduced decode itself (JPEG is never
+    oriented by its reader), the general path is the shared decoder."""
     with Image.open(io.BytesIO(data)) as probe:
-        fmt = probe.format
-        orientation = probe.getexif().get(0x0112, 1)
-        src_w, src_h = _oriented_size(probe.size, orientation)
-        if policy.fast_path and fmt in ("JPEG", "MPO") and probe.mode in _FAST_MODES:
+        header = read_header(probe)
+        src_w, src_h = header.width, header.height
+        if policy.fast_path and header.format in ("JPEG", "MPO") and probe.mode in _FAST_MODES:
             need = max(_needed_scale(v, src_w, src_h, policy.fit) for v in policy.variants)
             reduction = 1
             for r in (8, 4, 2):
@@ -224,13 +207,12 @@ def _decode(
             except ValueError:
                 pass  # e.g. a recoverable corruption warning: Pillow decides below
             else:
-                if orientation in _ORIENT:
-                    pixels = _ORIENT[orientation](pixels)
+                if header.orientation in _ORIENT:
+                    pixels = _ORIENT[header.orientation](pixels)
                 return pixels, src_w, src_h, "fast", reduction
-        # General path: Pillow decodes everything we accept at ingest.
-        img = ImageOps.exif_transpose(probe)
-        rgb = to_rgb8(img, policy.alpha_background)
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), src_w, src_h, "general", 1
+        # General path: the shared decoder, for everything ingest accepts.
+        rgb = to_rgb8(upright(probe), policy.alpha_background)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), rgb.shape[1], rgb.shape[0], "general", 1
 
 
 def _fit(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from imageml_core.manifest.keys import (
     normalize_manifest_uri,
     variant_base,
 )
+from imageml_core.manifest.lease import DEFAULT_TTL_S, Lease
 from imageml_core.manifest.publish import publish_partition, published, read_document
 from imageml_core.stages.normalize.batch import ShardImage, compute_batch
 from imageml_core.stages.normalize.image import NormalizePolicy
@@ -57,13 +59,14 @@ class AugmentNotPublished(LookupError):
 class NormalizeConfig:
     """Where variants go, which augmentation's shard to read, and how the batch's one
     computation is shared: ``workers`` processes (0 = one per core); a computing run holds
-    its lease for at most ``lease_ttl_s`` seconds; waiters poll every ``lease_poll_s``."""
+    its lease ``lease_ttl_s`` seconds past its last heartbeat (:mod:`imageml_core.manifest.lease`, a minute by
+    default); waiters poll every ``lease_poll_s`` seconds."""
 
     normalized_uri: S3Uri
     dataset_name: str
     augment_tag: str  # "<pipeline>-<hash8>" of the augmentation whose shard is normalized
     workers: int = 0
-    lease_ttl_s: float = 1800.0
+    lease_ttl_s: float = DEFAULT_TTL_S
     lease_poll_s: float = 2.0
 
 
@@ -161,10 +164,10 @@ def normalize_partition(
     if variant not in names:
         raise ValueError(f"variant {variant!r} is not in NORMALIZE_SIZES ({', '.join(names)})")
     hashes = {v.name: policy.variant_hash(v) for v in policy.variants}
-    key = NormalizeKey(batch_id, variant, hashes[variant])
+    key = NormalizeKey(batch_id, config.augment_tag, variant, hashes[variant])
     base = variant_base(config.normalized_uri, variant, hashes[variant])
-    manifest_uri = normalize_manifest_uri(base, batch_id)
-    coco_uri, ls_uri = normalize_annotation_uris(base, batch_id)
+    manifest_uri = normalize_manifest_uri(base, key)
+    coco_uri, ls_uri = normalize_annotation_uris(base, key)
     if (record := published(manifest, NORMALIZE, str(key))) is not None:
         log_fn(f"{key}: already published; nothing to do")
         return _recorded_result(key, record.details, str(record.manifest_uri), coco_uri, ls_uri)
@@ -255,34 +258,41 @@ def _variants(
 
     One decode for all variants even when the batch's variant partitions run at once (the
     sensor launches them together): the lease holder computes, the others wait for its
-    checkpoint. A holder that died is replaced after ``lease_ttl_s``; a holder that fails
-    gives the lease back, so a retry need not wait out the TTL.
+    checkpoint. The holder's lease is kept alive by a heartbeat (:mod:`imageml_core.manifest.lease`):
+    a holder that died is replaced at most ``lease_ttl_s`` seconds after its last heartbeat,
+    and one that fails gives the lease back, so a retry does not wait at all.
     """
-    checkpoint = _load(manifest, batch_id, config)
-    if checkpoint.entries(variant, hashes[variant]) is not None:
-        return _Computation(checkpoint)
-    holder = run_id or "local"
+    ready = _load(manifest, batch_id, config)
+    if ready.entries(variant, hashes[variant]) is not None:
+        return _Computation(ready)
     digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
-    lease = f"compute@{config.augment_tag}@{digest}"
-    if not manifest.claim(NORMALIZE, batch_id, lease, holder, config.lease_ttl_s):
-        log_fn(
-            f"{batch_id}|{variant}: another run is computing this batch's variants; waiting "
-            "for its checkpoint"
-        )
-        deadline = time.monotonic() + config.lease_ttl_s
-        while time.monotonic() < deadline:
-            time.sleep(config.lease_poll_s)
-            checkpoint = _load(manifest, batch_id, config)
-            if checkpoint.entries(variant, hashes[variant]) is not None:
-                return _Computation(checkpoint)
-    try:
+    lease = Lease(
+        manifest,
+        NORMALIZE,
+        batch_id,
+        f"compute@{config.augment_tag}@{digest}",
+        holder=run_id or f"local-{uuid.uuid4().hex[:8]}",
+        ttl_s=config.lease_ttl_s,
+    )
+    waiting = False
+    while not lease.acquire():
+        if not waiting:
+            log_fn(
+                f"{batch_id}|{variant}: another run is computing this batch's variants; "
+                f"waiting for its checkpoint (or for its lease to lapse, {config.lease_ttl_s:g} s "
+                "after its last heartbeat)"
+            )
+            waiting = True
+        time.sleep(config.lease_poll_s)
+        ready = _load(manifest, batch_id, config)
+        if ready.entries(variant, hashes[variant]) is not None:
+            return _Computation(ready)
+    with lease:
         # The previous holder may have finished between our read and our claim.
-        checkpoint = _load(manifest, batch_id, config)
-        if checkpoint.entries(variant, hashes[variant]) is not None:
-            return _Computation(checkpoint)
-        return _compute(batch_id, hashes, store, staging, manifest, policy, config, log_fn)
-    finally:
-        manifest.release(NORMALIZE, batch_id, lease, holder)
+        ready = _load(manifest, batch_id, config)
+        if ready.entries(variant, hashes[variant]) is not None:
+            return _Computation(ready)
+        return _compute(batch_id, hashes, store, staging, manifest, policy, config, run_id, log_fn)
 
 
 def _compute(
@@ -293,6 +303,7 @@ def _compute(
     manifest: ManifestStore,
     policy: NormalizePolicy,
     config: NormalizeConfig,
+    run_id: str | None,
     log_fn: Callable[[str], None],
 ) -> _Computation:
     """Every variant of the shard, checkpointed for the batch's other partitions."""
@@ -305,6 +316,7 @@ def _compute(
         policy=policy,
         normalized_uri=config.normalized_uri,
         workers=config.workers,
+        run_id=run_id,
         log_fn=log_fn,
     )
     checkpoint = VariantsCheckpoint(
@@ -357,7 +369,7 @@ def _document(
         # Why sources are missing, when they were quarantined (the first few).
         quarantined=dict(list(checkpoint.quarantined.items())[:MAX_FINDINGS]),
     )
-    coco_uri, ls_uri = normalize_annotation_uris(base, key.batch_id)
+    coco_uri, ls_uri = normalize_annotation_uris(base, key)
     return NormalizeManifest(
         partition_key=str(key),
         batch_id=key.batch_id,

@@ -79,3 +79,47 @@ def test_crash_before_publish_then_retry(
             "batch-0000", store=object_store, staging=staging, manifest=store, config=config
         )
     store.close()
+
+
+def test_a_run_cleans_up_only_its_own_staging_directories(
+    object_store: ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    """Two runs on one node (same NVMe root) stage the same batch: the one that finishes
+    first must not delete the other's files (it used to, failing that batch)."""
+    from imageml_core.storage.staging import job_name
+
+    raw, bronze = S3Uri(bucket, "raw"), S3Uri(bucket, "bronze")
+    object_store.put_bytes(raw.join("0.jpg"), jpeg_bytes(0))
+    store = SqlManifestStore(f"sqlite:///{tmp_path / 'm.db'}")
+    store.migrate()
+    (batch,) = discover(
+        object_store,
+        store,
+        raw,
+        DiscoveryCursor(),
+        max_objects=10,
+        max_bytes=10**9,
+        full_scan_every=1,
+        source="run",
+    ).new_batches
+    staging = NvmeStaging(tmp_path / "nvme")
+    # The other run, mid-flight: its staged input and its scratch space.
+    other = job_name("ingest", batch.batch_id, "run-other")
+    staged = staging.area("input", other) / "in-flight.jpg"
+    staged.write_bytes(b"staged by the other run")
+    scratch = staging.area("work", other) / "expanding"
+    scratch.mkdir()
+    result = ingest_batch(
+        batch.batch_id,
+        store=object_store,
+        staging=staging,
+        manifest=store,
+        config=IngestConfig(raw, bronze, "ds", max_image_pixels=10**8),
+        run_id="run-this",
+    )
+    assert result.counts.images == 1
+    assert staged.read_bytes() == b"staged by the other run" and scratch.is_dir()
+    assert not (
+        tmp_path / "nvme" / "input" / job_name("ingest", batch.batch_id, "run-this")
+    ).exists()
+    store.close()

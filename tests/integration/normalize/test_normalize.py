@@ -288,12 +288,32 @@ def test_a_transient_staging_failure_fails_the_batch_instead_of_quarantining(
 
 def test_a_source_that_no_longer_decodes_is_reported_not_raised(tmp_path: Path) -> None:
     from imageml_core.sizes import parse_sizes
-    from imageml_core.stages.normalize.batch import normalize_staged_file
+    from imageml_core.stages.normalize.batch import normalize_file
     from imageml_core.stages.normalize.image import NormalizePolicy
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     policy = NormalizePolicy(tuple(parse_sizes("720p")))
-    result = normalize_staged_file((str(broken), "b/broken.jpg", policy, str(tmp_path / "out")))
+    result = normalize_file((str(broken), "b/broken.jpg", policy, str(tmp_path / "out")))
     assert result.error is not None
     assert result.error.startswith("UnidentifiedImageError: cannot identify image file")
+
+
+def test_a_new_augmentation_is_normalized_too(
+    env: dict[str, str], object_store: ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    """Raising AUGMENT_COPIES makes a new augment shard (a new tag); stage 2 normalizes it
+    as a partition of its own instead of finding the old shard's partition published."""
+    raw = S3Uri(bucket, "raw")
+    object_store.put_bytes(raw.join("a.jpg"), _photo(800, 600, 1))
+    _run({**env, "NORMALIZE_SIZES": "720p"}, tmp_path / "home")
+    _run({**env, "NORMALIZE_SIZES": "720p", "AUGMENT_COPIES": "2"}, tmp_path / "home")
+    store = SqlManifestStore(env["MANIFEST_DB_URL"])
+    published = store.manifests(NORMALIZE)
+    assert len(published) == 2  # one per augmentation of the batch
+    assert len({m.manifest_uri for m in published}) == 2
+    outputs = [r for r in store.processed_objects(NORMALIZE) if r.ok]
+    # The original once (same bytes, same key) + its 1 copy + its 2 new copies.
+    assert len({r.uri for r in outputs}) == 4
+    assert sorted(m.details["outputs"] for m in published) == [2, 3]
+    store.close()

@@ -175,29 +175,31 @@ def _cursor(result: dg.SensorResult) -> DiscoveryCursor:
     return DiscoveryCursor.parse(result.cursor)
 
 
-def test_first_tick_is_a_full_scan_that_plans_candidates_in_batches(
+def test_first_tick_is_a_full_scan_that_plans_every_object_in_batches(
     instance: dg.DagsterInstance,
     objects: InMemoryObjectStore,
     store: SqlManifestStore,
     db_url: str,
 ) -> None:
+    """Every object under the prefix is planned, hidden files and folder markers too:
+    ingest records them as skipped with a reason (one recorded state per object)."""
     shots = [objects.put(RAW.join(f"a/{i}.jpg")) for i in range(5)]
-    objects.put(RAW.join("a/.DS_Store"))  # hidden file
-    objects.put(S3Uri(BUCKET, "raw/a/"), size=0)  # folder marker
-    objects.put(S3Uri(BUCKET, "raw/b/"), size=0)  # folder marker, the greatest key
+    hidden = objects.put(RAW.join("a/.DS_Store"))
+    marker_a = objects.put(S3Uri(BUCKET, "raw/a/"), size=0)
+    marker_b = objects.put(S3Uri(BUCKET, "raw/b/"), size=0)  # the greatest key
     objects.put(S3Uri(BUCKET, "raw-old/x.jpg"))  # beside the prefix, not under it
     objects.put(S3Uri("other-bucket", "raw/y.jpg"))
     poller = _Poller(instance, objects, db_url)
 
     first = poller.tick(None)
 
-    expected = [_batch(*shots[0:2]), _batch(*shots[2:4]), _batch(shots[4])]
+    listed = [marker_a, hidden, *shots, marker_b]  # key order
+    groups = [listed[0:2], listed[2:4], listed[4:6], listed[6:8]]
+    expected = [_batch(*group) for group in groups]
     assert _requests(first) == [(b, b, POLL) for b in expected]
     assert _added_partitions(first) == [("ingest_batches", expected)]
     assert [store.batch_members(b) for b in expected] == [
-        [_member(s) for s in shots[0:2]],
-        [_member(s) for s in shots[2:4]],
-        [_member(shots[4])],
+        [_member(s) for s in group] for group in groups
     ]
     assert objects.list_calls == [ListCall(RAW, None)]
     assert objects.list_calls[0].yielded == [
@@ -553,15 +555,16 @@ def test_duplicate_events_make_one_batch_until_the_object_changes(
     queue.send(_s3_event(shot, 1))
     queue.send(_s3_event(shot, 2))  # the same object announced twice
     queue.send(_s3_event(shot, 3, times=2))  # and twice inside one message
-    queue.send(_s3_event(_info("raw/cam/.DS_Store")))  # hidden: never planned
+    hidden = _info("raw/cam/.DS_Store")
+    queue.send(_s3_event(hidden))  # hidden: planned, ingest records it as skipped
     queue.send(_s3_event(_info("elsewhere/b.jpg")))  # not under RAW_URI
     listener = _Listener(instance, queue, db_url)
 
     first = listener.tick(None)
 
-    batch = _batch(shot)
+    batch = _batch(hidden, shot)
     assert _requests(first) == [(batch, batch, EVENT)]
-    assert store.batch_members(batch) == [_member(shot)]
+    assert store.batch_members(batch) == [_member(hidden), _member(shot)]
     assert len(_to_delete(first)) == 5
 
     # Redelivered while the batch is not yet published: asked for again, same run key.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def test_zip_members_extracted_skipped_or_refused_with_reasons(tmp_path: Path) -
     assert is_zip(archive)
     members = {m.name: m for m in expand_zip(archive, tmp_path / "out")}
     assert members["dir/a.jpg"].status == "extracted"
-    assert members["dir/a.jpg"].path == tmp_path / "out" / "dir" / "a.jpg"
+    # Member n (in name order) extracts to out/<n>/<base name>: one path per member.
+    assert members["dir/a.jpg"].path == tmp_path / "out" / "00004" / "a.jpg"
     assert members["dir/a.jpg"].path.read_bytes() == jpeg_bytes(1)
     assert members["../evil.jpg"].status == "refused" and "unsafe member name" in (
         members["../evil.jpg"].reason or ""
@@ -118,6 +120,36 @@ def test_zip_members_extracted_skipped_or_refused_with_reasons(tmp_path: Path) -
     assert members["__MACOSX/._b.jpg"].status == "skipped"
     assert members["inner.zip"].reason == "nested archives are not expanded"
     assert not (tmp_path / "evil.jpg").exists()
+
+
+def test_members_that_would_collide_or_overflow_paths_extract_and_duplicates_are_named(
+    tmp_path: Path,
+) -> None:
+    """``a.jpg`` and ``a.jpg/b.jpg`` both extract (a file where the other needs a folder);
+    a member path past PATH_MAX extracts; a name given twice keeps the first, the second
+    is refused with the reason. Nothing fails the archive."""
+    deep = "/".join(["d" * 200] * 25) + "/deep.jpg"  # > 4096 bytes
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.jpg", jpeg_bytes(1))
+        zf.writestr("a.jpg/b.jpg", jpeg_bytes(2))
+        zf.writestr(deep, jpeg_bytes(3))
+        zf.writestr("twice.jpg", jpeg_bytes(4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+            zf.writestr("twice.jpg", jpeg_bytes(5))
+    members = expand_zip(_write(tmp_path, "c.zip", buf.getvalue()), tmp_path / "out")
+    by_name: dict[str, list] = {}
+    for m in members:
+        by_name.setdefault(m.name, []).append(m)
+    assert by_name["a.jpg"][0].path.read_bytes() == jpeg_bytes(1)
+    assert by_name["a.jpg/b.jpg"][0].path.read_bytes() == jpeg_bytes(2)
+    assert by_name[deep][0].status == "extracted"
+    assert by_name[deep][0].path.read_bytes() == jpeg_bytes(3)
+    first, second = by_name["twice.jpg"]
+    assert first.status == "extracted" and first.path.read_bytes() == jpeg_bytes(4)
+    assert second.status == "refused"
+    assert second.reason == "duplicate member name (the first one is extracted)"
 
 
 def test_zip_bomb_and_encrypted_members_are_refused(tmp_path: Path) -> None:

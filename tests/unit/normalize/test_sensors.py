@@ -20,6 +20,7 @@ from imageml_core.settings import Settings
 from imageml_resources import AugmentationResource, ManifestStoreResource, NormalizationResource
 
 SIZES = "1080p,720p"
+TAG = AugmentationResource(pipeline="light", copies=1).get_spec().tag
 TRIGGER = {"imageml/trigger": "augment-published"}
 
 
@@ -126,10 +127,12 @@ def _requests(result: dg.SensorResult) -> list[tuple[str | None, dict[str, str],
     return out
 
 
-def _expected(batch: str, hashes: dict[str, str]) -> list[tuple[str, dict[str, str], dict]]:
-    """One request per variant: run key ``<batch>|<variant>@<hash12>``."""
+def _expected(
+    batch: str, hashes: dict[str, str], tag: str = ""
+) -> list[tuple[str, dict[str, str], dict]]:
+    """One request per variant: run key ``<batch>@<tag>|<variant>@<hash12>``."""
     return [
-        (f"{batch}|{name}@{h[:12]}", {"batch": batch, "variant": name}, TRIGGER)
+        (f"{batch}@{tag or TAG}|{name}@{h[:12]}", {"batch": batch, "variant": name}, TRIGGER)
         for name, h in hashes.items()
     ]
 

@@ -1,0 +1,115 @@
+"""What ``imageml run`` mends after a crash (``kill -9``, a lost machine) before it works.
+
+- A run killed mid-flight stays ``STARTED`` in Dagster for good: runs this command started
+  carry their host and process id (:data:`HOST_TAG`, :data:`PID_TAG`); one whose process
+  is gone is marked failed. (On Kubernetes, Dagster's run monitoring does this, see
+  ``dagster.yaml``.)
+- A run killed right after a partition's manifest was published leaves the manifest store
+  ahead of Dagster: the partition is done, but Dagster shows no materialization and would
+  call it missing. Each published partition without one gets a materialization reported
+  from its manifest (``imageml/reconciled`` metadata says so).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+import dagster as dg
+
+from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, ManifestStore
+from imageml_core.manifest.keys import AugmentKey, NormalizeKey
+
+HOST_TAG = "imageml/host"
+PID_TAG = "imageml/pid"
+
+
+def run_tags() -> dict[str, str]:
+    """The tags that let a later ``imageml run`` tell this process's runs are dead."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> int:
+    """Mark failed every run this host's ``imageml run`` started whose process is gone;
+    returns how many."""
+    host = socket.gethostname()
+    records = instance.get_run_records(
+        dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={HOST_TAG: host},
+        )
+    )
+    failed = 0
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(PID_TAG, "")
+        if pid.isdigit() and not _alive(int(pid)):
+            instance.report_run_failed(
+                run, f"the process that ran it (pid {pid} on {host}) is gone (killed?)"
+            )
+            echo(f"[recovery] run {run.run_id} was left running by a dead process: marked failed")
+            failed += 1
+    return failed
+
+
+def reconcile_materializations(
+    instance: dg.DagsterInstance,
+    store: ManifestStore,
+    tag: str,
+    variant_hashes: dict[str, str],
+    echo: Callable[[str], None],
+) -> int:
+    """Report a materialization for every partition the manifest store published (for the
+    current augmentation ``tag`` and normalization policy) that Dagster has none of;
+    returns how many."""
+    events: list[tuple[str, dg.AssetMaterialization]] = []  # (batch, event)
+    have = instance.get_materialized_partitions(dg.AssetKey("raw_images"))
+    for m in store.manifests(INGEST):
+        if m.partition_key not in have:
+            events.append((m.partition_key, _event("raw_images", m.partition_key, m.manifest_uri)))
+    have = instance.get_materialized_partitions(dg.AssetKey("augmented_images"))
+    for m in store.manifests(AUGMENT):
+        key = AugmentKey.parse(m.partition_key)
+        if key.tag == tag and key.batch_id not in have:
+            event = _event("augmented_images", key.batch_id, m.manifest_uri)
+            events.append((key.batch_id, event))
+    have = instance.get_materialized_partitions(dg.AssetKey("normalized_variants"))
+    for m in store.manifests(NORMALIZE):
+        nkey = NormalizeKey.parse(m.partition_key)
+        current = variant_hashes.get(nkey.variant, "")[: len(nkey.policy_hash)]
+        partition = dg.MultiPartitionKey({"batch": nkey.batch_id, "variant": nkey.variant})
+        if nkey.tag == tag and nkey.policy_hash == current and str(partition) not in have:
+            event = _event("normalized_variants", partition, m.manifest_uri)
+            events.append((nkey.batch_id, event))
+    for batch, event in events:
+        if not instance.has_dynamic_partition("ingest_batches", batch):
+            instance.add_dynamic_partitions("ingest_batches", [batch])
+        instance.report_runless_asset_event(event)
+    if events:
+        echo(
+            f"[recovery] {len(events)} partition(s) published in the manifest store but not "
+            "recorded by Dagster (a run killed after publishing): materializations reported"
+        )
+    return len(events)
+
+
+def _event(asset: str, partition: object, manifest_uri: str | None) -> dg.AssetMaterialization:
+    return dg.AssetMaterialization(
+        asset_key=asset,
+        partition=str(partition),
+        metadata={
+            "manifest_uri": dg.MetadataValue.url(manifest_uri or ""),
+            "imageml/reconciled": "from the manifest store after a run that did not finish",
+        },
+    )
