@@ -45,3 +45,9 @@ def test_normalize_asset_benchmark_runs_against_a_real_s3_server() -> None:
     assert "ratio ours/baseline:" in out, out
     assert "cores busy:" in out and "the S3 server" in out, out
     assert "decode paths {'fast': 6}" in out, out
+
+
+def test_decode_benchmark_prints_both_stages_and_ratios() -> None:
+    out = _bench("ingest/bench_decode.py", "--images", "1", "--rounds", "1")
+    assert "ingest verify: baseline" in out and "augment decode: baseline" in out, out
+    assert out.count("ratio ours/baseline:") == 2, out

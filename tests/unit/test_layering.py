@@ -113,7 +113,7 @@ def test_every_stage_has_the_same_name_in_every_layer() -> None:
     for stage in stages:
         assert (ROOT / "imageml_assets" / "defs" / stage / "__init__.py").exists(), stage
         assert (ROOT / "tests" / "integration" / stage).is_dir(), stage
-        assert (ROOT / "perf" / stage).is_dir() or stage == "ingest", stage
+        assert (ROOT / "perf" / stage).is_dir(), stage
 
 
 def test_the_layering_rule_sees_every_form_of_a_cross_stage_import(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from imageml_core.imaging import (
     SUPPORTED_FORMATS,
     SUPPORTED_MODES,
     ImageHeader,
-    jpeg_corruption,
+    is_corruption,
+    libjpeg_warning,
     read_header,
     unsupported,
 )
@@ -77,11 +78,12 @@ class ImageCheck:
 def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageCheck:
     """Open and fully decode ``path`` (cheaply) to prove it is a usable image.
 
-    JPEGs are decoded with libjpeg's DCT scaling (``draft``) at 1/8 size: every byte of
-    entropy-coded data is still read, so truncation is caught at a fraction of the cost;
-    then libjpeg-turbo's warnings about damaged scan data, which Pillow hides, are
-    corruption too (:func:`~imageml_core.imaging.jpeg_corruption`). Format, mode and size
-    rules are :func:`~imageml_core.imaging.unsupported`'s.
+    JPEGs are decoded by libjpeg-turbo at 1/8 scale (every byte of entropy-coded data is
+    still read, at a fraction of the cost); a clean decode is the whole check. On a warning
+    Pillow decodes too (its message names truncation precisely), and a warning about
+    damaged scan data, which Pillow hides, is corruption
+    (:func:`~imageml_core.imaging.jpeg_corruption`). Other formats are decoded by Pillow.
+    Format, mode and size rules are :func:`~imageml_core.imaging.unsupported`'s.
     """
     try:
         size = path.stat().st_size
@@ -90,6 +92,7 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
     if size == 0:
         return ImageCheck(False, "empty object (0 bytes)")
     header: ImageHeader | None = None
+    warning: str | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -98,6 +101,12 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
                 if problem := unsupported(header, max_pixels):
                     return ImageCheck.of(header, problem)
                 if header.format in ("JPEG", "MPO"):
+                    # libjpeg-turbo reads every entropy-coded byte at 1/8 scale; a clean
+                    # decode is the whole check. Otherwise Pillow's verdict (it names
+                    # truncation precisely) and libjpeg's warning decide below.
+                    warning = libjpeg_warning(path.read_bytes())
+                    if warning is None:
+                        return ImageCheck.of(header)
                     width, height = img.size
                     img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 img.load()
@@ -109,8 +118,8 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated", ...).
         reason = f"truncated or corrupt image data: {exc}"
         return ImageCheck.of(header, reason) if header else ImageCheck(False, reason)
-    if header.format in ("JPEG", "MPO") and (damage := jpeg_corruption(path.read_bytes())):
-        return ImageCheck.of(header, f"truncated or corrupt image data: {damage}")
+    if warning is not None and is_corruption(warning):
+        return ImageCheck.of(header, f"truncated or corrupt image data: {warning}")
     return ImageCheck.of(header)
 
 

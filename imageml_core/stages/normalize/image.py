@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from imageml_core.imaging import read_header, to_rgb8, upright
+from imageml_core.imaging import FAST_JPEG_MODES, ORIENT_OPS, read_header, to_rgb8, upright
 from imageml_core.sizes import (
     CHROMA_SUBSAMPLINGS,
     FIT_POLICIES,
@@ -53,20 +52,6 @@ _SAMPLING_FACTORS = {
     "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
 }
 assert set(_SAMPLING_FACTORS) == set(CHROMA_SUBSAMPLINGS)
-# EXIF orientation -> the operation that displays the stored pixels upright (as Pillow's
-# ImageOps.exif_transpose does; tests/unit/normalize/test_image.py checks all eight against it).
-_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    2: lambda a: cv2.flip(a, 1),
-    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
-    4: lambda a: cv2.flip(a, 0),
-    5: lambda a: cv2.transpose(a),
-    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
-    7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
-    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
-}
-# JPEG colour modes libjpeg-turbo converts to BGR itself; CMYK/YCCK take the general path,
-# so they follow the module's one CMYK rule (Pillow's conversion).
-_FAST_MODES = {"RGB", "L", "YCbCr"}
 
 
 class _Scratch(threading.local):
@@ -194,7 +179,7 @@ def _decode(
     with Image.open(io.BytesIO(data)) as probe:
         header = read_header(probe)
         src_w, src_h = header.width, header.height
-        if policy.fast_path and header.format in ("JPEG", "MPO") and probe.mode in _FAST_MODES:
+        if policy.fast_path and header.format in ("JPEG", "MPO") and probe.mode in FAST_JPEG_MODES:
             need = max(_needed_scale(v, src_w, src_h, policy.fit) for v in policy.variants)
             reduction = 1
             for r in (8, 4, 2):
@@ -207,8 +192,8 @@ def _decode(
             except ValueError:
                 pass  # e.g. a recoverable corruption warning: Pillow decides below
             else:
-                if header.orientation in _ORIENT:
-                    pixels = _ORIENT[header.orientation](pixels)
+                if header.orientation in ORIENT_OPS:
+                    pixels = ORIENT_OPS[header.orientation](pixels)
                 return pixels, src_w, src_h, "fast", reduction
         # General path: the shared decoder, for everything ingest accepts.
         rgb = to_rgb8(upright(probe), policy.alpha_background)
