@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from imageml_core.annotations.common import detect_format
 from imageml_core.annotations.config import infer_label_config
 from imageml_core.annotations.ls_to_coco import ls_to_coco
 from imageml_core.annotations.regions import Region
+from imageml_core.annotations.validate import clean_coco, clean_label_studio
 
 _LS_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
@@ -44,23 +45,30 @@ class IntakeReport:
     """What annotation intake found (stored in the augment manifest).
 
     ``files``: one entry per annotation file, with its format and conversion, or ``error``
-    when it is not JSON of a known format; ``unmatched_names``: names matching no ingested
+    when it cannot be used at all; ``problems``: records left out of a usable file, with the
+    file, their JSON path and the reason; ``unmatched_names``: names matching no ingested
     image of the file's folder; ``named_twice``: images a later file named again (the file
     that sorts first wins); ``not_converted``: Label Studio items the conversion skipped."""
 
     files: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)
     unmatched_names: list[dict[str, str]] = field(default_factory=list)
     named_twice: list[dict[str, Any]] = field(default_factory=list)
     not_converted: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """The four lists as a JSON-ready dict."""
+        """The lists as a JSON-ready dict."""
         return {
             "files": self.files,
+            "problems": self.problems,
             "unmatched_names": self.unmatched_names,
             "named_twice": self.named_twice,
             "not_converted": self.not_converted,
         }
+
+    def problem(self, file_uri: str, path: str, reason: str) -> None:
+        """Record a record of ``file_uri`` left out, at JSON ``path``, and why."""
+        self.problems.append({"file": file_uri, "path": path, "reason": reason})
 
 
 def folder_of(uri: str) -> str:
@@ -74,30 +82,101 @@ def base_name(ref: str) -> str:
     return ref.replace("\\", "/").rsplit("/", 1)[-1].split("?", 1)[0]
 
 
-def regions_from_coco(doc: Mapping[str, Any]) -> dict[str, list[Region]]:
-    """COCO (pixels, ``[x, y, w, h]``) -> regions per image *file name*.
-
-    Polygon segmentations are kept; RLE masks keep only their box (reported by the
-    converter). ``iscrowd`` given as strings (COCO-Annotator) is accepted.
-    """
-    categories = {c["id"]: str(c["name"]) for c in doc.get("categories", [])}
-    names = {img["id"]: str(img.get("file_name", "")) for img in doc.get("images", [])}
-    out: dict[str, list[Region]] = defaultdict(list)
-    for ann in sorted(
-        doc.get("annotations", []), key=lambda a: (str(a.get("image_id")), str(a.get("id")))
-    ):
-        if ann.get("image_id") not in names or "bbox" not in ann:
+def _polygon_parts(segmentation: Any) -> tuple[list[list[float]], int]:
+    """Polygon parts of a COCO segmentation, and how many parts were unusable (an odd number
+    of coordinates, fewer than 3 points, not numbers). An RLE mask has no parts."""
+    if not isinstance(segmentation, list):
+        return [], 0
+    parts, bad = [], 0
+    for part in segmentation:
+        try:
+            values = [float(v) for v in part]
+        except (TypeError, ValueError):
+            bad += 1
             continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        seg = ann.get("segmentation")
-        polygon: tuple[float, ...] = ()
-        if isinstance(seg, list) and seg and isinstance(seg[0], list) and len(seg[0]) >= 6:
-            polygon = tuple(float(v) for v in seg[0])
-        label = categories.get(ann.get("category_id"), str(ann.get("category_id")))
-        out[names[ann["image_id"]]].append(
-            Region(label, (x, y, w, h), polygon, (), str(ann.get("id")))
+        if len(values) < 6 or len(values) % 2:
+            bad += 1
+            continue
+        parts.append(values)
+    return parts, bad
+
+
+def regions_from_coco(
+    doc: Mapping[str, Any], problem: Callable[[str, str], None] = lambda _p, _r: None
+) -> dict[str, list[Region]]:
+    """COCO (pixels, ``[x, y, w, h]``, top-left origin) -> regions per image *file name*.
+
+    ``doc`` has been through :func:`~imageml_core.annotations.validate.clean_coco`; what it
+    still cannot use is reported through ``problem(json_path, reason)`` and left out:
+    a second image or category with the same id (the first is used), an annotation of an
+    unknown image or category, a crowd region (``iscrowd`` true: an area to ignore, not an
+    object), a box with no area and no polygon. A polygon part with an odd number of
+    coordinates is dropped (the box stays). One polygon part is the region's polygon; of
+    several parts only the box is kept. An annotation with a polygon and no ``bbox`` gets
+    the polygon's bounds as its box.
+    """
+    from imageml_core.annotations.common import is_crowd
+
+    categories: dict[Any, str] = {}
+    for n, c in enumerate(doc.get("categories", [])):
+        if _id(c["id"]) in categories:
+            problem(f".categories[{n}]", f"category id {c['id']} appears twice (the first is used)")
+            continue
+        categories[_id(c["id"])] = str(c["name"])
+    names: dict[Any, str] = {}
+    for n, img in enumerate(doc.get("images", [])):
+        if _id(img["id"]) in names:
+            problem(f".images[{n}]", f"image id {img['id']} appears twice (the first is used)")
+            continue
+        names[_id(img["id"])] = str(img["file_name"])
+    out: dict[str, list[Region]] = defaultdict(list)
+    for n, raw in enumerate(doc.get("annotations", [])):
+        ann = {**raw, "image_id": _id(raw["image_id"]), "category_id": _id(raw["category_id"])}
+        region = _region(
+            ann, names, categories, is_crowd, lambda r, n=n: problem(f".annotations[{n}]", r)
         )
+        if region is not None:
+            out[names[ann["image_id"]]].append(region)
     return dict(out)
+
+
+def _id(value: Any) -> Any:
+    """An id as an int when it is int-like (COCO-Annotator writes some as strings)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _region(
+    ann: Mapping[str, Any],
+    names: Mapping[Any, str],
+    categories: Mapping[Any, str],
+    is_crowd: Callable[[Any], bool],
+    problem: Callable[[str], None],
+) -> Region | None:
+    if ann["image_id"] not in names:
+        problem(f"image_id {ann['image_id']} is not among the images")
+        return None
+    if ann["category_id"] not in categories:
+        problem(f"category_id {ann['category_id']} is not among the categories")
+        return None
+    if is_crowd(ann.get("iscrowd")):
+        problem("crowd region (iscrowd=1): an area to ignore, not an object; left out")
+        return None
+    parts, bad = _polygon_parts(ann.get("segmentation"))
+    if bad:
+        problem(f"{bad} polygon part(s) with an odd number or fewer than 6 coordinates dropped")
+    bbox = ann.get("bbox")
+    if (bbox is None or bbox[2] <= 0 or bbox[3] <= 0) and parts:
+        xs = [x for p in parts for x in p[0::2]]
+        ys = [y for p in parts for y in p[1::2]]
+        bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    if bbox is None or bbox[2] <= 0 or bbox[3] <= 0:
+        problem("no box with an area and no polygon")
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    polygon = tuple(parts[0]) if len(parts) == 1 else ()
+    return Region(categories[ann["category_id"]], (x, y, w, h), polygon, (), str(ann.get("id")))
 
 
 def collect_annotations(
@@ -110,9 +189,10 @@ def collect_annotations(
     """Regions for each of ``images`` (by URI) from the annotation files of their folders.
 
     ``folder_images`` lists every ingested image per folder (all batches), so a name that
-    matches an image of another batch is not reported as unmatched.
+    matches an image of another batch is not reported as unmatched. Never raises for a
+    file's content: a file that cannot be used at all is reported in ``files`` with the
+    reason, a record that cannot be used in ``problems``; the rest is used.
     """
-
     report = IntakeReport()
     wanted = {img.uri for img in images}
     by_uri: dict[str, list[Region]] = {}
@@ -120,32 +200,13 @@ def collect_annotations(
     for file_uri, path in sorted(annotation_files):
         folder = folder_of(file_uri)
         siblings = {base_name(i.uri): i for i in folder_images.get(folder, [])}
+        entry: dict[str, Any] = {"uri": file_uri}
         try:
-            doc = json.loads(path.read_bytes())
-            fmt = detect_format(doc)
-        except ValueError as exc:
-            report.files.append({"uri": file_uri, "error": str(exc)})
+            per_name = _read_file(file_uri, path, siblings, label_configs or {}, entry, report)
+        except Exception as exc:
+            report.files.append({"uri": file_uri, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        entry: dict[str, Any] = {"uri": file_uri, "annotation_format": fmt}
-        if fmt == "label_studio":
-            config = (label_configs or {}).get(folder) or infer_label_config(doc)
-            sizes = {}
-            for task in doc:
-                ref = str((task.get("data") or {}).get("image", ""))
-                match = _match(base_name(ref), siblings)
-                if match is not None:
-                    sizes[ref] = (match.width, match.height)
-            coco, conv = ls_to_coco(doc, config, image_sizes=sizes)
-            entry.update(
-                converter_version=conv.converter_version,
-                conversion_parameters=conv.conversion_parameters,
-                converted=conv.converted,
-            )
-            for skipped in conv.skipped:
-                report.not_converted.append({"file": file_uri, **skipped})
-        else:
-            coco = doc
-        per_name = regions_from_coco(coco)
+        report.files.append(entry)
         for name, regions in sorted(per_name.items()):
             match = _match(base_name(name), siblings)
             if match is None:
@@ -159,8 +220,63 @@ def collect_annotations(
             claimed[match.uri] = file_uri
             if match.uri in wanted:
                 by_uri[match.uri] = regions
-        report.files.append(entry)
     return by_uri, report
+
+
+def _read_file(
+    file_uri: str,
+    path: Path,
+    siblings: Mapping[str, ImageRef],
+    label_configs: Mapping[str, str],
+    entry: dict[str, Any],
+    report: IntakeReport,
+) -> dict[str, list[Region]]:
+    """Regions per image name of one annotation file. Raises ``ValueError`` for a file
+    that is not JSON of a known format."""
+    doc = json.loads(path.read_bytes())
+    fmt = detect_format(doc)
+    entry["annotation_format"] = fmt
+    if fmt == "coco":
+        coco, problems = clean_coco(doc)
+    else:
+        tasks, problems = clean_label_studio([doc] if isinstance(doc, Mapping) else doc)
+        coco = _label_studio_as_coco(file_uri, tasks, siblings, label_configs, entry, report)
+    for p in problems:
+        report.problem(file_uri, p.path, p.reason)
+    return regions_from_coco(coco, lambda where, why: report.problem(file_uri, where, why))
+
+
+def _label_studio_as_coco(
+    file_uri: str,
+    tasks: list[dict[str, Any]],
+    siblings: Mapping[str, ImageRef],
+    label_configs: Mapping[str, str],
+    entry: dict[str, Any],
+    report: IntakeReport,
+) -> dict[str, Any]:
+    """A Label Studio export converted by the SDK (:func:`ls_to_coco`); an export with no
+    rectangle or polygon region at all (empty, unlabelled, classification only) has
+    nothing to convert: its images stay unlabelled."""
+    config = label_configs.get(folder_of(file_uri)) or infer_label_config(tasks)
+    if "<RectangleLabels" not in config and "<PolygonLabels" not in config:
+        entry["converted"] = {"tasks": 0, "annotations": 0}
+        entry["note"] = "no rectangle or polygon regions: the images stay unlabelled"
+        return {"images": [], "annotations": [], "categories": []}
+    sizes = {}
+    for task in tasks:
+        ref = str(task["data"].get("image", ""))
+        match = _match(base_name(ref), siblings)
+        if match is not None:
+            sizes[ref] = (match.width, match.height)
+    coco, conv = ls_to_coco(tasks, config, image_sizes=sizes)
+    entry.update(
+        converter_version=conv.converter_version,
+        conversion_parameters=conv.conversion_parameters,
+        converted=conv.converted,
+    )
+    for skipped in conv.skipped:
+        report.not_converted.append({"file": file_uri, **skipped})
+    return coco
 
 
 def _match(name: str, siblings: Mapping[str, ImageRef]) -> ImageRef | None:
