@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from imageml_core.annotations.common import detect_format
 from imageml_core.annotations.config import infer_label_config
@@ -78,8 +79,11 @@ def folder_of(uri: str) -> str:
 
 def base_name(ref: str) -> str:
     """The file name in a path, URI or URL: after the last ``/`` or ``\\``, query string
-    removed."""
-    return ref.replace("\\", "/").rsplit("/", 1)[-1].split("?", 1)[0]
+    removed; a Label Studio data URL's ``?d=<path>`` is followed, and %-escapes are
+    decoded (``Capture%20d%C3%A9cran.png`` names ``Capture décran.png``)."""
+    if "?d=" in ref:  # Label Studio's /data/local-files/?d=<path>
+        ref = ref.split("?d=", 1)[1]
+    return unquote(ref.replace("\\", "/").split("?", 1)[0].rsplit("/", 1)[-1])
 
 
 def _polygon_parts(segmentation: Any) -> tuple[list[list[float]], int]:
@@ -238,12 +242,33 @@ def _read_file(
     entry["annotation_format"] = fmt
     if fmt == "coco":
         coco, problems = clean_coco(doc)
+        _check_sizes(file_uri, coco, siblings, report)
     else:
         tasks, problems = clean_label_studio([doc] if isinstance(doc, Mapping) else doc)
         coco = _label_studio_as_coco(file_uri, tasks, siblings, label_configs, entry, report)
     for p in problems:
         report.problem(file_uri, p.path, p.reason)
     return regions_from_coco(coco, lambda where, why: report.problem(file_uri, where, why))
+
+
+def _check_sizes(
+    file_uri: str, coco: Mapping[str, Any], siblings: Mapping[str, ImageRef], report: IntakeReport
+) -> None:
+    """Report COCO images whose width/height differ from the image's own (displayed) size:
+    their boxes are in another frame and may fall outside the image."""
+    for n, img in enumerate(coco.get("images", [])):
+        match = _match(base_name(str(img["file_name"])), siblings)
+        if match is None or img.get("width") is None or img.get("height") is None:
+            continue
+        stated = (round(float(img["width"])), round(float(img["height"])))
+        if stated != (match.width, match.height):
+            report.problem(
+                file_uri,
+                f".images[{n}]",
+                f"width x height {stated[0]}x{stated[1]} in the file, but the image is "
+                f"{match.width}x{match.height}: its boxes are read as given and may fall "
+                "outside the image",
+            )
 
 
 def _label_studio_as_coco(
