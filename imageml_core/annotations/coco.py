@@ -20,14 +20,22 @@ class AnnotatedImage:
     regions: Sequence[Region]
 
 
+def _polygon_area(flat: Sequence[float]) -> float:
+    """Area of a simple polygon ``(x1, y1, x2, y2, ...)`` in square pixels (shoelace)."""
+    xs, ys = flat[0::2], flat[1::2]
+    n = len(xs)
+    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+
+
 def coco_document(images: Sequence[AnnotatedImage]) -> dict[str, Any]:
     """A COCO detection document for ``images``.
 
     Rules (stable, so a rerun writes the same bytes): images get ids from 1 in
     ``file_name`` order, annotations ids from 1 in image then region order, categories ids
     from 1 in label-name order. Boxes are pixels ``[x, y, w, h]`` from the top-left corner,
-    rounded to :data:`~imageml_core.annotations.regions.DECIMALS`; ``area`` is ``w * h``; a
-    region's polygon becomes a one-part ``segmentation``; ``iscrowd`` is always 0.
+    rounded to :data:`~imageml_core.annotations.regions.DECIMALS`; a region's polygon becomes
+    a one-part ``segmentation`` and ``area`` is the polygon's area (as COCO's own tools
+    compute it from the mask), else ``w * h``; ``iscrowd`` is always 0.
     """
     labels = sorted({r.label for image in images for r in image.regions})
     cat_id = {name: i for i, name in enumerate(labels, start=1)}
@@ -52,7 +60,7 @@ def coco_document(images: Sequence[AnnotatedImage]) -> dict[str, Any]:
                 "image_id": image_id,
                 "category_id": cat_id[region.label],
                 "bbox": [round(v, DECIMALS) for v in (x, y, w, h)],
-                "area": round(w * h, DECIMALS),
+                "area": round(_polygon_area(region.polygon) if region.polygon else w * h, DECIMALS),
                 "iscrowd": 0,
             }
             if region.polygon:

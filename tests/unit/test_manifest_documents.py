@@ -1110,7 +1110,8 @@ def test_coco_document_ids_order_and_areas() -> None:
             "image_id": 3,
             "category_id": 1,
             "bbox": [10.0, 10.0, 20.0, 30.0],
-            "area": 600.0,
+            # With a polygon, the polygon's area (as COCO's tools compute it), not the box's.
+            "area": round(0.5 * 20.0 * 30.12345, 3),
             "iscrowd": 0,
             "segmentation": [[10.0, 10.0, 30.0, 10.0, 30.0, 40.123]],
         },

@@ -35,6 +35,9 @@ class Augmented:
     dropped: int
 
 
+_HALF = 0.5
+
+
 def _clip_polygon(points: np.ndarray, width: int, height: int) -> tuple[float, ...]:
     points = np.clip(points, [0, 0], [width, height])
     unique = {(round(float(x), 3), round(float(y), 3)) for x, y in points}
@@ -61,11 +64,15 @@ def augment_image(
             continue
         bboxes.append((x0, y0, x1 - x0, y1 - y0))
         index.append(i)
+        # Albumentations moves keypoints as pixel indices (a flip maps x to W - 1 - x) and
+        # boxes as continuous coordinates (x to W - x). Region points are continuous, like
+        # boxes: shifted by half a pixel on the way in and back on the way out, they move
+        # exactly as the pixels and the boxes do.
         for px, py in zip(r.polygon[0::2], r.polygon[1::2], strict=True):
-            points.append((px, py))
+            points.append((px - _HALF, py - _HALF))
             owners.append((i, "poly"))
-        for kp in r.keypoints:
-            points.append(kp)
+        for kx, ky in r.keypoints:
+            points.append((kx - _HALF, ky - _HALF))
             owners.append((i, "kp"))
     pipeline.compose.set_random_seed(seed)
     out = pipeline.compose(
@@ -77,7 +84,7 @@ def augment_image(
     )
     new_image = out["image"]
     nh, nw = new_image.shape[:2]
-    moved_points = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
+    moved_points = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2) + _HALF
     kept: list[Region] = []
     for box, idx in zip(out["bboxes"], out["region_index"], strict=True):
         src = regions[int(idx)]
@@ -87,14 +94,20 @@ def augment_image(
         polygon = _clip_polygon(poly_pts, nw, nh) if len(poly_pts) else ()
         if src.polygon and not polygon:
             continue
+        if polygon:
+            # The box of a region with a polygon is the polygon's bounds: after a rotation
+            # the rotated box's own enclosing box is larger than the object.
+            xs, ys = polygon[0::2], polygon[1::2]
+            box = (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
+            if box[2] <= 0 or box[3] <= 0:
+                continue
         kps = tuple(
             (float(moved_points[j][0]), float(moved_points[j][1]))
             for j, (o, kind) in enumerate(owners)
             if o == idx and kind == "kp"
         )
-        kept.append(
-            Region(src.label, tuple(float(v) for v in box), polygon, kps, src.source_id)  # type: ignore[arg-type]
-        )
+        bbox = tuple(float(v) for v in box)
+        kept.append(Region(src.label, bbox, polygon, kps, src.source_id))  # type: ignore[arg-type]
     return Augmented(new_image, tuple(kept), dropped=len(regions) - len(kept))
 
 
