@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from imageml_cli.runner import RunSummary
+from imageml_cli.runner import RunInterrupted, RunSummary
 from imageml_core.manifest import redacted
 from imageml_core.settings import ConfigError, Settings
 from imageml_core.stages.augment.pipeline import PipelineConfigError
@@ -41,14 +41,27 @@ def _home(path: str | None, leaf: str) -> Path:
     return base / leaf if leaf else base
 
 
+# Exit status after SIGINT/SIGTERM stopped a run: 128 + SIGINT, the shell's convention.
+EXIT_INTERRUPTED = 130
+
+
 class _Cli(click.Group):
-    """Turns the errors a user can cause into one clear line and exit code 2."""
+    """Turns the errors a user can cause into one clear line and exit code 2, and a
+    stopping signal into a short account of what finished (exit code 130)."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except _USER_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
+        except RunInterrupted as exc:
+            done = sum(r.success for r in exc.summary.runs)
+            click.echo(
+                f"Interrupted: {done} run(s) finished and are kept; no further run was "
+                "started. Run the same command again to resume.",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Cli)

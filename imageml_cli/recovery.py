@@ -2,8 +2,9 @@
 
 - A run killed mid-flight stays ``STARTED`` in Dagster for good: runs this command started
   carry their host and process id (:data:`HOST_TAG`, :data:`PID_TAG`); one whose process
-  is gone is marked failed. (On Kubernetes, Dagster's run monitoring does this, see
-  ``dagster.yaml``.)
+  is gone is marked failed, and the staging directories it left on this node are removed.
+  (On Kubernetes, Dagster's run monitoring marks the run, see ``dagster.yaml``, and the
+  pod's volume goes with the pod.)
 - A run killed right after a partition's manifest was published leaves the manifest store
   ahead of Dagster: the partition is done, but Dagster shows no materialization and would
   call it missing. Each published partition without one gets a materialization reported
@@ -40,9 +41,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> int:
+def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> list[str]:
     """Mark failed every run this host's ``imageml run`` started whose process is gone;
-    returns how many."""
+    returns their run ids."""
     host = socket.gethostname()
     records = instance.get_run_records(
         dg.RunsFilter(
@@ -50,7 +51,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) ->
             tags={HOST_TAG: host},
         )
     )
-    failed = 0
+    failed: list[str] = []
     for record in records:
         run = record.dagster_run
         pid = run.tags.get(PID_TAG, "")
@@ -59,7 +60,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) ->
                 run, f"the process that ran it (pid {pid} on {host}) is gone (killed?)"
             )
             echo(f"[recovery] run {run.run_id} was left running by a dead process: marked failed")
-            failed += 1
+            failed.append(run.run_id)
     return failed
 
 

@@ -9,8 +9,11 @@ too. Finally the materializations are mirrored into the manifest store.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,50 @@ class RunSummary:
         return [r for r in self.runs if not r.success]
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A signal (SIGTERM from Kubernetes or a supervisor, SIGINT from Ctrl-C) stopped the
+    one-shot run. ``summary`` holds the runs that finished before it; what they published
+    is kept, and the next ``imageml run`` resumes from there."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+# Dagster turns a signal during a run into a failed step (DagsterExecutionInterruptedError)
+# and returns; these error classes in a run's events mean "stop", not "go on to the next".
+_INTERRUPT_ERRORS = frozenset({"DagsterExecutionInterruptedError", "KeyboardInterrupt"})
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves as Ctrl-C between runs too (Dagster maps it so only while a run
+    executes): the one-shot command stops at once instead of starting the next run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(outcome: dg.ExecuteInProcessResult) -> bool:
+    """Whether a run ended because a signal interrupted it."""
+    for event in outcome.all_events:
+        error = None
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+        elif event.is_run_failure:
+            error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            if error.cls_name in _INTERRUPT_ERRORS:
+                return True
+            error = error.cause or error.context
+    return False
+
+
 def open_instance(home: Path) -> dg.DagsterInstance:
     """The Dagster instance of the embedded stack: SQLite storage under ``home``."""
     home.mkdir(parents=True, exist_ok=True)
@@ -120,7 +167,10 @@ def _recover(
     echo: Callable[[str], None],
 ) -> None:
     """Mend what a killed run left behind (:mod:`imageml_cli.recovery`)."""
-    fail_dead_runs(instance, echo)
+    dead = fail_dead_runs(instance, echo)
+    removed = resources["nvme"].get_staging().cleanup_runs(dead)
+    if removed:
+        echo(f"[recovery] removed {len(removed)} staging folder(s) of dead runs")
     policy = resources["normalization"].get_policy()
     reconcile_materializations(
         instance,
@@ -144,8 +194,21 @@ def run_pipeline(
     New batches come from the raw-objects sensor with an empty cursor; earlier batches not yet
     augmented or normalized for the current pipeline and policy are added. Materializations
     are then mirrored into the manifest store. Progress goes to ``echo``; failed runs are
-    recorded in the summary, not raised. Raises ValueError for an unknown ``until``, and
-    :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError` for a bad pipeline."""
+    recorded in the summary, not raised. Raises ValueError for an unknown ``until``,
+    :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError` for a bad pipeline,
+    and :class:`RunInterrupted` when SIGTERM or SIGINT arrives (no further run starts)."""
+    with _sigterm_as_interrupt():
+        return _run_pipeline(settings, instance, until=until, echo=echo, log_level=log_level)
+
+
+def _run_pipeline(
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    *,
+    until: str,
+    echo: Callable[[str], None],
+    log_level: str,
+) -> RunSummary:
     stages = _stages_until(until)
     started = time.monotonic()
     defs = build_definitions(settings)
@@ -157,7 +220,31 @@ def run_pipeline(
     store = open_manifest_store(settings.manifest_db_url)
     job = defs.resolve_job_def(ingest_and_augment_job.name)
     summary = RunSummary()
-    _recover(instance, store, resources, echo)
+    try:
+        _recover(instance, store, resources, echo)
+        _run_stages(defs, job, stages, instance, store, resources, summary, echo, log_level)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, RunInterrupted):
+            raise
+        raise RunInterrupted(summary) from None
+    asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
+    summary.mirrored = mirror_materializations(instance, asset_keys, store)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _run_stages(
+    defs: dg.Definitions,
+    job: dg.JobDefinition,
+    stages: list[str],
+    instance: dg.DagsterInstance,
+    store: ManifestStore,
+    resources: dict[str, Any],
+    summary: RunSummary,
+    echo: Callable[[str], None],
+    log_level: str,
+) -> None:
+    """The sensor's run requests, the batches behind, then normalize: run after run."""
 
     sensor = defs.resolve_sensor_def(SENSOR)
     with dg.build_sensor_context(
@@ -204,11 +291,6 @@ def run_pipeline(
         _execute(
             defs.resolve_job_def(NORMALIZE_JOB), normalize_work, instance, summary, echo, log_level
         )
-
-    asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
-    summary.mirrored = mirror_materializations(instance, asset_keys, store)
-    summary.seconds = time.monotonic() - started
-    return summary
 
 
 def _execute(
@@ -258,3 +340,5 @@ def _execute(
                 failed_checks,
             )
         )
+        if _interrupted(outcome):
+            raise RunInterrupted(summary)

@@ -6,16 +6,25 @@ of that frame, and annotation coordinates are read in it (browsers, and so Label
 display images with their orientation applied).
 
 **Orientation, exactly once.** Pillow's TIFF reader applies the TIFF ``Orientation`` tag
-itself (it reports the upright size before loading and drops the tag on load); for every
-other format the EXIF orientation (tag 0x0112, values 1-8 as in the EXIF 2.3 spec) is
-applied after loading with ``ImageOps.exif_transpose``. :func:`read_header` and
-:func:`decode_rgb` both follow that rule; ``tests/unit/test_imaging.py`` checks all eight
-orientations across JPEG, PNG, WebP and TIFF.
+itself (it reports the upright size before loading and drops the tag on load; images are
+opened from file objects, because its memory-mapped path for uncompressed TIFFs skips
+that step); for every other format the EXIF orientation (tag 0x0112, values 1-8 as in the
+EXIF 2.3 spec) is read from the EXIF block alone, as browsers do (an XMP
+``tiff:Orientation`` is ignored), once, in :func:`read_header`, and applied after loading
+with a plain transpose (``ImageOps.exif_transpose`` rewrites the EXIF block and fails on
+malformed ones). A damaged EXIF block means orientation 1: the image is shown as stored.
+``tests/unit/test_imaging.py`` checks all eight orientations across JPEG, PNG, WebP and
+TIFF.
 
 **Colour rule** (8-bit RGB out): alpha is composited onto a background (white unless
 stated); palette, grayscale and 1-bit images are expanded to RGB; CMYK goes through
 Pillow's conversion (no ICC profile); 16-bit images keep their top 8 bits, 32-bit integer
 images are scaled so their maximum fits 8 bits.
+
+**Size limit.** Pillow's own decompression-bomb limit is switched off here
+(``Image.MAX_IMAGE_PIXELS = None``): the pipeline's limit (``max_pixels``, a setting) is
+checked by :func:`unsupported` from the header before any pixel is decoded, so a setting
+above Pillow's default works and one below it is enforced.
 
 **Corruption.** libjpeg recovers from damaged scan data with a warning and garbage pixels;
 :func:`jpeg_corruption` turns such a warning into a reason to quarantine the file.
@@ -24,7 +33,6 @@ images are scaled so their maximum fits 8 bits.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +40,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+# The pipeline's own limit (``unsupported``) replaces Pillow's; see the module docstring.
+Image.MAX_IMAGE_PIXELS = None
 
 # Formats the pipeline decodes. MPO is what many cameras write for JPEGs with previews.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
@@ -57,6 +68,11 @@ SUPPORTED_MODES = frozenset(
         "I",
     }
 )
+#: Version of the decoding rules above (frame, orientation source, colour rule). It is part
+#: of every stage's code version / policy hash, so a change that alters what an image
+#: decodes to marks partitions stale and writes new outputs beside the old ones.
+#: 2: orientation from the EXIF block only (not XMP); TIFFs opened without mmap.
+DECODE_RULES_VERSION = 2
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own bomb threshold (2x its warning level)
 WHITE = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
@@ -64,11 +80,8 @@ ORIENTATION_TAG = 0x0112
 TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 #: Formats whose Pillow reader applies the orientation itself (see the module docstring).
 SELF_ORIENTING_FORMATS = frozenset({"TIFF"})
-# libjpeg's "N extraneous bytes before marker 0xXX": between header segments that is
-# padding it skips exactly; before the end of the image (EOI, 0xd9) or a restart marker
-# (RST0-7, 0xd0-0xd7) it is scan data the decoder lost sync with: corruption.
+# libjpeg's "N extraneous bytes before marker 0xXX" (see jpeg_corruption).
 _EXTRANEOUS = re.compile(r"extraneous bytes before marker 0x([0-9a-f]{2})", re.IGNORECASE)
-_SCAN_MARKERS = frozenset({0xD9, *range(0xD0, 0xD8)})
 
 
 # EXIF orientation -> the operation that displays the stored pixels upright, on an
@@ -82,6 +95,17 @@ ORIENT_OPS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
     7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
     8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+# EXIF orientation -> the Pillow transpose that displays the stored image upright (the
+# table of ImageOps.exif_transpose).
+TRANSPOSE_OPS: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 # JPEG colour modes libjpeg-turbo converts to RGB itself; CMYK/YCCK go through Pillow, so
 # they follow the one CMYK rule.
@@ -107,10 +131,21 @@ class ImageHeader:
 
 
 def orientation_of(img: Image.Image) -> int:
-    """The EXIF orientation of an opened image, 1 when absent or not a valid value (1-8)."""
+    """The EXIF orientation of an opened (not yet loaded) image: 1-8, or 1 when absent,
+    out of range or unreadable (a damaged EXIF block: the image is shown as stored).
+
+    Read from the EXIF block only (TIFF: its own tag), not from XMP, as browsers do."""
     try:
-        value = img.getexif().get(ORIENTATION_TAG, 1)
-    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: shown as stored
+        if img.format in SELF_ORIENTING_FORMATS:
+            value = img.tag_v2.get(ORIENTATION_TAG, 1)  # type: ignore[attr-defined]
+        else:
+            raw = img.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(ORIENTATION_TAG, 1)
+    except Exception:  # any damage to the EXIF block means "as stored"
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -121,14 +156,20 @@ def read_header(img: Image.Image) -> ImageHeader:
     width, height = img.size
     if orientation in TRANSPOSED_ORIENTATIONS and img.format not in SELF_ORIENTING_FORMATS:
         width, height = height, width
-    frames = int(getattr(img, "n_frames", 1) or 1)
+    try:
+        frames = int(getattr(img, "n_frames", 1) or 1)
+    except Exception:  # a damaged frame table: the first frame is still used
+        frames = 1
     return ImageHeader(img.format or "unknown", img.mode, width, height, orientation, frames)
 
 
-def upright(img: Image.Image) -> Image.Image:
-    """Load ``img`` and apply its orientation once: the displayed frame."""
+def upright(img: Image.Image, header: ImageHeader) -> Image.Image:
+    """Load ``img`` and apply ``header.orientation`` once: the displayed frame."""
     img.load()
-    return ImageOps.exif_transpose(img)
+    op = TRANSPOSE_OPS.get(header.orientation)
+    if op is None or header.format in SELF_ORIENTING_FORMATS:
+        return img
+    return img.transpose(op)
 
 
 def to_rgb8(img: Image.Image, background: tuple[int, int, int] = WHITE) -> np.ndarray:
@@ -157,26 +198,27 @@ def decode_rgb(
 
     Raises :class:`UndecodableImage` with the reason for a file that is not an image, is
     in an unsupported format or mode, exceeds ``max_pixels``, or is truncated or corrupt.
+    Any other failure inside Pillow on hostile input (its plugins raise many exception
+    types) is reported the same way, never as a traceback.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                header = read_header(img)
-                if problem := unsupported(header, max_pixels):
-                    raise UndecodableImage(problem)
-                if header.format in ("JPEG", "MPO") and img.mode in FAST_JPEG_MODES:
-                    pixels = _jpeg_rgb(path.read_bytes(), header.orientation)
-                    if pixels is not None:
-                        return pixels
-                return to_rgb8(upright(img), background)
+        # A file object, not a path: Pillow memory-maps uncompressed files opened by name
+        # and that path skips the TIFF reader's orientation step (module docstring).
+        with path.open("rb") as fh, Image.open(fh) as img:
+            header = read_header(img)
+            if problem := unsupported(header, max_pixels):
+                raise UndecodableImage(problem)
+            if header.format in ("JPEG", "MPO") and img.mode in FAST_JPEG_MODES:
+                fh.seek(0)
+                pixels = _jpeg_rgb(fh.read(), header.orientation)
+                if pixels is not None:
+                    return pixels
+            return to_rgb8(upright(img, header), background)
+    except UndecodableImage:
+        raise
     except UnidentifiedImageError:
         raise UndecodableImage("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as exc:
-        raise UndecodableImage(f"decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if isinstance(exc, UndecodableImage):
-            raise
+    except Exception as exc:  # see the docstring
         raise UndecodableImage(f"truncated or corrupt image data: {exc}") from None
 
 
@@ -222,21 +264,70 @@ def libjpeg_warning(data: bytes) -> str | None:
 
 
 def is_corruption(warning: str) -> bool:
-    """Whether a libjpeg warning means damaged data (see :func:`jpeg_corruption`)."""
-    extraneous = _EXTRANEOUS.search(warning)
-    if extraneous is not None:
-        return int(extraneous.group(1), 16) in _SCAN_MARKERS
+    """Whether a libjpeg warning, alone, means damaged data. "Extraneous bytes before
+    marker" counts too: once the scans begin, a marker preceded by stray bytes (a restart,
+    a progressive scan's tables, the end of image) means the decoder lost sync with the
+    entropy-coded data. Padding *between header segments* causes the same warning and is
+    harmless; :func:`jpeg_corruption` tells the two apart from the bytes."""
+    if _EXTRANEOUS.search(warning) is not None:
+        return True
     return warning.startswith("Corrupt JPEG data") or "Premature end of JPEG file" in warning
 
 
-def jpeg_corruption(data: bytes) -> str | None:
+def without_header_padding(data: bytes) -> bytes | None:
+    """``data`` with the stray bytes between its header segments (before the first scan)
+    removed, or None when there are none or the header cannot be walked.
+
+    The walk follows libjpeg's ``next_marker`` (jdmarker.c): bytes other than ``0xFF``
+    before a marker are discarded, ``0xFF`` fill bytes are skipped, standalone markers
+    (SOI, RSTn, TEM) have no length, every other segment carries a 2-byte big-endian
+    length that includes itself."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    kept, pos, padded = [data[:2]], 2, False
+    while pos < len(data):
+        start = pos
+        while pos < len(data) and data[pos] != 0xFF:
+            pos += 1
+        if pos > start:
+            padded = True
+        while pos < len(data) and data[pos] == 0xFF:
+            pos += 1
+        if pos >= len(data):
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0x00:  # a stuffed zero is not a marker: discarded as libjpeg does
+            padded = True
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            kept.append(bytes((0xFF, marker)))
+            continue
+        if pos + 2 > len(data):
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data, kept as is
+            kept.append(b"\xff\xda" + data[pos:])
+            return b"".join(kept) if padded else None
+        kept.append(bytes((0xFF, marker)) + data[pos : pos + length])
+        pos += length
+    return None
+
+
+def jpeg_corruption(data: bytes, warning: str | None = None) -> str | None:
     """libjpeg's warning about damaged data in a JPEG, or None when it decodes cleanly.
 
     libjpeg-turbo (:func:`libjpeg_warning`) reports damaged scan data as a warning and fills
-    the rest with garbage; Pillow hides the warning. Extraneous bytes before a header marker
-    are padding libjpeg skips exactly; before the end of the image or a restart marker they
-    are scan data it lost sync with (corruption). A JPEG libjpeg-turbo cannot read at all
-    (e.g. CMYK) is left to the other checks (None).
+    the rest with garbage; Pillow hides the warning. Stray bytes between header segments
+    are padding libjpeg skips exactly: when the header has some, the file is checked again
+    without them, so damage later in the scans is still found. A JPEG libjpeg-turbo cannot
+    read at all (e.g. CMYK) is left to the other checks (None). ``warning`` is
+    :func:`libjpeg_warning`'s result when the caller already has it.
     """
-    warning = libjpeg_warning(data)
-    return warning if warning is not None and is_corruption(warning) else None
+    if warning is None:
+        warning = libjpeg_warning(data)
+    if warning is None or not is_corruption(warning):
+        return None
+    if _EXTRANEOUS.search(warning) is not None and (clean := without_header_padding(data)):
+        return jpeg_corruption(clean)
+    return warning

@@ -141,9 +141,14 @@ def unzipped_member_uri(bronze_uri: S3Uri, zip_key: str, member: str) -> S3Uri:
     return bounded(bronze_uri.join("unzipped"), f"{zip_key}/{member}")
 
 
-def archive_member_ref(zip_uri: str, member: str) -> str:
-    """Ledger identity of a ZIP member that was not extracted: ``s3://b/a.zip#dir/x.jpg``."""
-    return f"{zip_uri}#{member}"
+def archive_member_ref(zip_uri: str, member: str, occurrence: int = 1) -> str:
+    """Ledger identity of a ZIP member that was not extracted: ``s3://b/a.zip#dir/x.jpg``.
+
+    A ZIP can hold one name several times; occurrence ``n`` > 1 (in archive order) is
+    ``...#dir/x.jpg#n``. ``%`` and ``#`` in the name are percent-encoded (``%25``, ``%23``)
+    so that no name can pose as another's occurrence: every ref is unique."""
+    name = member.replace("%", "%25").replace("#", "%23")
+    return f"{zip_uri}#{name}" if occurrence == 1 else f"{zip_uri}#{name}#{occurrence}"
 
 
 # --------------------------------------------------------------------------- augment
@@ -166,6 +171,10 @@ def augmented_image_uri(augmented_uri: S3Uri, tag: str, source: S3Uri, copy: int
 
 
 # --------------------------------------------------------------------------- normalize
+#: Folder of normalized outputs whose source key is not a ``.jpg``/``.jpeg`` name.
+CONVERTED = "_converted"
+
+
 def variant_base(normalized_uri: S3Uri, variant: str, policy_hash: str) -> S3Uri:
     """Everything of one variant under one policy: ``normalized/<variant>/<hash12>/``.
 
@@ -176,10 +185,16 @@ def variant_base(normalized_uri: S3Uri, variant: str, policy_hash: str) -> S3Uri
 
 
 def normalized_image_uri(base: S3Uri, source: S3Uri) -> S3Uri:
-    """A source's output under a variant base: the source's bucket and key, with ``.jpg``
-    appended unless the key already ends in ``.jpg``/``.jpeg``."""
-    key = source.key if source.key.lower().endswith((".jpg", ".jpeg")) else source.key + ".jpg"
-    return bounded(base, f"{source.bucket}/{key}")
+    """A source's output (always a JPEG) under a variant base.
+
+    A source whose key ends in ``.jpg``/``.jpeg`` keeps its bucket and key:
+    ``<base>/<bucket>/<key>``. Any other goes under ``<base>/_converted/<bucket>/<key>.jpg``.
+    The mapping is one-to-one: appending ``.jpg`` alone would give ``a.png`` and
+    ``a.png.jpg`` the same output, and no bucket name can start with ``_`` (S3 bucket
+    naming rules), so ``_converted`` never meets a source bucket."""
+    if source.key.lower().endswith((".jpg", ".jpeg")):
+        return bounded(base, f"{source.bucket}/{source.key}")
+    return bounded(base, f"{CONVERTED}/{source.bucket}/{source.key}.jpg")
 
 
 def normalize_manifest_uri(base: S3Uri, key: NormalizeKey) -> S3Uri:

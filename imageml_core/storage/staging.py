@@ -20,7 +20,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,35 @@ class NvmeStaging:
         """Remove a job's input/work/output directories (the cache stays)."""
         for area in AREAS[:3]:
             shutil.rmtree(self.root / area / job, ignore_errors=True)
+
+    @contextmanager
+    def job(self, kind: str, partition: str, run_id: str | None) -> Iterator[str]:
+        """The staging job name of one run (:func:`job_name`); its directories are removed
+        when the block exits, whether the work succeeded or raised, so a failing batch
+        does not fill the node's disk run after run (downloads stay in the cache)."""
+        name = job_name(kind, partition, run_id)
+        try:
+            yield name
+        finally:
+            self.cleanup(name)
+
+    def cleanup_runs(self, run_ids: Iterable[str]) -> list[str]:
+        """Remove the job directories of the given (dead) runs, whatever stage or
+        partition they served; returns the job names removed. Used by recovery after a
+        process was killed before its ``finally`` could run."""
+        suffixes = tuple(f"-{r}" for r in run_ids)
+        removed: set[str] = set()
+        if not suffixes:
+            return []
+        for area in AREAS[:3]:
+            directory = self.root / area
+            if not directory.is_dir():
+                continue
+            for entry in directory.iterdir():
+                if entry.name.endswith(suffixes):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.add(entry.name)
+        return sorted(removed)
 
 
 def _unique() -> str:

@@ -51,7 +51,10 @@ def _imageml(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
 def test_a_run_waiting_on_another_runs_lease_stops_on_sigterm(
     s3_env: dict[str, str], object_store: ObjectStore, tmp_path: Path
 ) -> None:
-    env = {**s3_env, "NORMALIZE_SIZES": "720p", "AUGMENT_PIPELINE": "light"}
+    """Two variants, so two normalize runs queue: SIGTERM during the first must stop the
+    command, not just that run (Dagster turns the signal into a failed step and returns;
+    the runner once went on to the second run, which waited on the lease again)."""
+    env = {**s3_env, "NORMALIZE_SIZES": "720p,360p", "AUGMENT_PIPELINE": "light"}
     settings = Settings.from_env(env)
     object_store.put_bytes(settings.raw_uri.join("a.jpg"), jpeg_bytes(1, (320, 240)))
     home = str(tmp_path / "home")
@@ -88,9 +91,13 @@ def test_a_run_waiting_on_another_runs_lease_stops_on_sigterm(
             pytest.fail("the run did not wait on the lease")
         os.kill(waiter.pid, signal.SIGTERM)
         sent = time.monotonic()
+        rest = waiter.stdout.read()
         waiter.wait(timeout=30)
         assert time.monotonic() - sent < 10, "SIGTERM took more than 10 s to stop the run"
-        assert waiter.returncode != 0
+        assert waiter.returncode == 130, rest
+        assert "[normalize] 2/2" not in rest, "a run started after SIGTERM"
+        assert "Interrupted: 0 run(s) finished" in rest
+        assert "Traceback" not in rest
     finally:
         for proc in (waiter, holder):
             if proc.poll() is None:

@@ -52,8 +52,20 @@ def test_a_run_left_started_by_a_dead_process_is_marked_failed(
     foreign = instance.create_run_for_job(
         job, status=dg.DagsterRunStatus.STARTED, tags={HOST_TAG: "another-host", PID_TAG: "1"}
     )
+    # What a killed process leaves on the node: its job folders (its finally never ran).
+    staging = NvmeStaging(settings.nvme_root)
+    left = [
+        staging.area("input", f"ingest-b1-{dead.run_id}"),
+        staging.area("work", f"normalize-b1-{dead.run_id}"),
+    ]
+    for folder in left:
+        (folder / "x.jpg").write_bytes(b"x")
+    live = staging.area("input", f"ingest-b2-{alive.run_id}")
     lines: list[str] = []
     run_pipeline(settings, instance, until="ingest", echo=lines.append)
+    assert not any(folder.exists() for folder in left)
+    assert live.is_dir()  # a live run's folders are its own
+    assert "[recovery] removed 2 staging folder(s) of dead runs" in lines
     status = [instance.get_run_by_id(r.run_id).status for r in (dead, alive, foreign)]  # type: ignore[union-attr]
     assert status == [
         dg.DagsterRunStatus.FAILURE,

@@ -412,3 +412,16 @@ def test_cleanup_removes_job_dirs_but_keeps_cache(
         assert s.path.read_bytes() == raw_objects[_rel(base, s.info)]
     # Cleaning up a job that never existed is harmless.
     staging.cleanup("never-ran")
+
+
+def test_a_jobs_folders_go_when_its_work_fails(tmp_path: Path) -> None:
+    """A batch that raised left its staged inputs behind, run after run (found by making a
+    normalize run fail repeatedly); the job context removes them either way."""
+    staging = NvmeStaging(tmp_path / "nvme")
+    with pytest.raises(RuntimeError), staging.job("ingest", "b1", "run-1") as job:
+        assert job == "ingest-b1-run-1"
+        (staging.area("input", job) / "a.jpg").write_bytes(b"a")
+        (staging.area("output", job) / "b.jpg").write_bytes(b"b")
+        raise RuntimeError("the stage failed")
+    for area in ("input", "work", "output"):
+        assert not (tmp_path / "nvme" / area / "ingest-b1-run-1").exists()

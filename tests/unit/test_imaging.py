@@ -16,7 +16,9 @@ from imageml_core.imaging import (
     decode_rgb,
     jpeg_corruption,
     read_header,
+    without_header_padding,
 )
+from imageml_core.stages.ingest.verify import verify_image
 
 # EXIF 2.3: how the stored pixels are shown, as numpy operations on an (H, W) array.
 DISPLAY = {
@@ -176,3 +178,137 @@ def test_scan_data_left_over_before_the_end_marker_is_corruption() -> None:
     damaged[mid : mid + 1500] = bytes(random.Random(2).randrange(256) for _ in range(1500))
     reason = jpeg_corruption(bytes(damaged))
     assert reason is not None and "extraneous bytes before marker 0xd9" in reason
+
+
+def _progressive_jpeg() -> bytes:
+    rng = np.random.default_rng(0)
+    small = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((800, 600), Image.BICUBIC).save(
+        buf, "JPEG", quality=90, progressive=True
+    )
+    return buf.getvalue()
+
+
+def test_lost_sync_before_a_progressive_scans_tables_is_corruption() -> None:
+    """In a progressive JPEG every scan after the first brings its own Huffman tables
+    (marker 0xc4): stray bytes before one are scan data libjpeg lost sync with, not
+    padding. Found by overwriting 256 bytes of an 800x600 photo (seed 3); 40% of its
+    pixels came out wrong while the check passed it."""
+    good = _progressive_jpeg()
+    assert jpeg_corruption(good) is None
+    r = random.Random(3)
+    damaged = bytearray(good)
+    start = r.randrange(good.index(b"\xff\xda") + 20, len(good) - 258)
+    damaged[start : start + 256] = bytes(r.randrange(256) for _ in range(256))
+    reason = jpeg_corruption(bytes(damaged))
+    assert reason is not None and "extraneous bytes before marker 0xc4" in reason
+
+
+def test_header_padding_does_not_hide_damage_after_it() -> None:
+    """libjpeg reports only its first warning: padding between header segments (harmless)
+    once hid damaged scan data behind it. The file is checked again without the padding."""
+    good = _photo_jpeg()
+    sos = good.index(b"\xff\xda")
+    padded = good[:sos] + b"\x00\x00\x00" + good[sos:]
+    assert jpeg_corruption(padded) is None
+    assert without_header_padding(padded) == good
+    damaged = bytearray(padded)
+    mid = len(padded) // 2
+    damaged[mid : mid + 2000] = bytes(random.Random(1).randrange(256) for _ in range(2000))
+    reason = jpeg_corruption(bytes(damaged))
+    assert reason is not None and reason.startswith("Corrupt JPEG data")
+    assert "before marker 0xda" not in reason  # the padding's warning is not the verdict
+
+
+def _retyped_exif_jpeg() -> bytes:
+    """A JPEG (orientation 6) whose EXIF DateTime entry was retyped: tag 0x0132 (ASCII)
+    became 0x0106 (a SHORT tag) with its ASCII value kept. Pillow's EXIF rewrite in
+    ``ImageOps.exif_transpose`` raised on it, outside the errors the decoder caught."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0132] = "2020:01:01 00:00:00"
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue().replace(b"\x01\x32\x00\x02", b"\x01\x06\x00\x02", 1)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_malformed_exif_block_never_escapes_as_a_traceback(tmp_path: Path, fmt: str) -> None:
+    """The orientation survives (it is readable), the rest of the block is not needed."""
+    jpeg = _retyped_exif_jpeg()
+    with Image.open(io.BytesIO(jpeg)) as img:
+        raw_exif = img.info["exif"]
+        pixels = np.asarray(img.convert("RGB"))
+    path = tmp_path / f"bad-exif.{fmt.lower()}"
+    if fmt == "JPEG":
+        path.write_bytes(jpeg)
+    else:
+        Image.fromarray(pixels).save(
+            path, fmt, exif=raw_exif, **({"lossless": True} if fmt == "WEBP" else {})
+        )
+    with Image.open(path) as img:
+        header = read_header(img)
+    assert (header.width, header.height, header.orientation) == (40, 50, 6)
+    assert decode_rgb(path).shape == (50, 40, 3)
+    check = verify_image(path)
+    assert check.ok and (check.width, check.height) == (40, 50)
+
+
+def test_orientation_comes_from_exif_not_xmp(tmp_path: Path) -> None:
+    """Browsers, and so Label Studio, ignore an XMP ``tiff:Orientation``; so does the
+    pipeline (Pillow's ``getexif`` would read it)."""
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        b'22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+        b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    path = tmp_path / "xmp.jpg"
+    Image.fromarray(_stored()).save(path, "JPEG", xmp=xmp)
+    with Image.open(path) as img:
+        assert img.getexif().get(0x0112) == 6  # what Pillow alone would apply
+        header = read_header(img)
+    assert (header.width, header.height, header.orientation) == (40, 20, 1)
+    assert decode_rgb(path).shape == (20, 40, 3)
+
+
+def test_an_uncompressed_tiff_is_oriented_too(tmp_path: Path) -> None:
+    """Pillow memory-maps a one-strip uncompressed grayscale TIFF opened by name, and that
+    path skipped its orientation step: the header said 100x200, the pixels were 200x100."""
+    path = tmp_path / "six.tif"
+    Image.fromarray(_stored(200, 100)[..., 0]).save(path, "TIFF", tiffinfo={0x0112: 6})
+    with Image.open(path) as img:
+        assert len(img.tile) == 1 and img.tile[0].codec_name == "raw"  # the mmap case
+    expected = DISPLAY[6](_stored(200, 100)[..., :1].repeat(3, axis=2))
+    assert np.array_equal(decode_rgb(path), expected)
+    check = verify_image(path)
+    assert check.ok and (check.width, check.height) == (100, 200)
+
+
+def test_a_broken_frame_chain_keeps_the_first_frame(tmp_path: Path) -> None:
+    """A TIFF whose next-IFD offset points past the end: Pillow's ``n_frames`` raised a
+    TypeError out of the header read. The first frame is what the pipeline uses."""
+    buf = io.BytesIO()
+    Image.fromarray(_stored()).save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = int.from_bytes(data[4:8], "little")
+    entries = int.from_bytes(data[ifd : ifd + 2], "little")
+    next_at = ifd + 2 + 12 * entries
+    data[next_at : next_at + 4] = (len(data) + 100).to_bytes(4, "little")
+    path = tmp_path / "chain.tif"
+    path.write_bytes(bytes(data))
+    with Image.open(path) as img:
+        assert read_header(img).frames == 1
+    assert decode_rgb(path).shape == (20, 40, 3)
+    assert verify_image(path).ok
+
+
+def test_a_pixel_limit_above_pillows_own_is_honoured(tmp_path: Path) -> None:
+    """MAX_IMAGE_PIXELS is ours: set above Pillow's bomb threshold (178,956,970 pixels),
+    a 182-megapixel image passed our check and was still refused by Pillow."""
+    path = tmp_path / "big.png"
+    Image.new("1", (13_500, 13_500)).save(path, optimize=False)
+    check = verify_image(path, max_pixels=200_000_000)
+    assert check.ok, check.reason
+    refused = verify_image(path, max_pixels=100_000_000)
+    assert not refused.ok and "exceeds MAX_IMAGE_PIXELS=100000000" in (refused.reason or "")

@@ -233,14 +233,14 @@ def test_variant_base_uses_twelve_hash_characters() -> None:
 @pytest.mark.parametrize(
     ("source", "expected_key"),
     [
-        ("s3://raw-photos/in/cat.png", "raw-photos/in/cat.png.jpg"),
-        ("s3://raw-photos/in/cat.PNG", "raw-photos/in/cat.PNG.jpg"),
+        ("s3://raw-photos/in/cat.png", "_converted/raw-photos/in/cat.png.jpg"),
+        ("s3://raw-photos/in/cat.PNG", "_converted/raw-photos/in/cat.PNG.jpg"),
         ("s3://raw-photos/in/dog.jpg", "raw-photos/in/dog.jpg"),
         ("s3://raw-photos/in/dog.JPEG", "raw-photos/in/dog.JPEG"),
         ("s3://raw-photos/in/dog.jpeg", "raw-photos/in/dog.jpeg"),
-        ("s3://raw-photos/in/scan.tiff", "raw-photos/in/scan.tiff.jpg"),
-        ("s3://raw-photos/in/noext", "raw-photos/in/noext.jpg"),
-        ("s3://raw-photos/in/jpg", "raw-photos/in/jpg.jpg"),
+        ("s3://raw-photos/in/scan.tiff", "_converted/raw-photos/in/scan.tiff.jpg"),
+        ("s3://raw-photos/in/noext", "_converted/raw-photos/in/noext.jpg"),
+        ("s3://raw-photos/in/jpg", "_converted/raw-photos/in/jpg.jpg"),
         (
             "s3://lake-silver/augmented/images/default-abcdef01/raw-photos/in/cat.png/aug-0.jpg",
             "lake-silver/augmented/images/default-abcdef01/raw-photos/in/cat.png/aug-0.jpg",
@@ -252,6 +252,17 @@ def test_normalized_image_uri(source: str, expected_key: str) -> None:
     assert str(normalized_image_uri(base, parse_s3_uri(source))) == (
         f"s3://lake-silver/normalized-tier/normalized/720p/0123456789ab/{expected_key}"
     )
+
+
+def test_normalized_image_uris_never_collide() -> None:
+    """``a.png`` and ``a.png.jpg`` side by side (found by trying it) once both became
+    ``a.png.jpg``: one output overwrote the other. Distinct sources, distinct outputs."""
+    base = variant_base(NORMALIZED, "720p", POLICY_HASH)
+    keys = ["a.png", "a.png.jpg", "a.jpg", "a.jpg.jpg", "a", "a.JPG", "_converted/a.png"]
+    sources = [parse_s3_uri(f"s3://raw/{k}") for k in keys]
+    sources.append(parse_s3_uri("s3://converted/raw/a.png"))
+    outputs = {str(normalized_image_uri(base, s)) for s in sources}
+    assert len(outputs) == len(sources)
 
 
 NKEY = NormalizeKey(BATCH, "default-1a2b3c4d", "1080p", POLICY_HASH)
@@ -305,7 +316,7 @@ def test_layout_matches_readme_conventions() -> None:
         f"{a}/annotations/default-abcdef01/{BATCH}.coco.json",
         f"{a}/annotations/default-abcdef01/{BATCH}.label_studio.json",
         f"{a}/manifests/augment/{BATCH}@default-abcdef01.json",
-        f"{n}/normalized/720p/0123456789ab/raw-photos/in/cat.png.jpg",
+        f"{n}/normalized/720p/0123456789ab/_converted/raw-photos/in/cat.png.jpg",
         f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}@default-abcdef01.coco.json",
         f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}@default-abcdef01.label_studio.json",
         f"{n}/normalized/720p/0123456789ab/manifests/{BATCH}@default-abcdef01.json",

@@ -56,7 +56,6 @@ from imageml_core.storage.paths import staged_name
 from imageml_core.storage.staging import (
     NvmeStaging,
     StagedObject,
-    job_name,
     raise_unless_quarantinable,
     staging_reason,
 )
@@ -129,33 +128,34 @@ def augment_batch(
         )
     images = [o for o in ingested_objects(manifest, batch_id) if o.is_image]
     folders = _folders(manifest, images)
-    job = job_name("augment", batch_id, run_id)
-    staged, left_out = _stage(store, staging, job, images, folders.annotation_files, key, log_fn)
-    regions_by_uri, intake = collect_annotations(
-        [ImageRef(i.uri, i.width or 0, i.height or 0) for i in images],
-        [(o.uri, staged[o.uri].path) for o in folders.annotation_files if o.uri in staged],
-        folder_images=folders.images,
-    )
-    image_uris = {i.uri for i in images}
-    intake.files += [{"uri": u, "error": r} for u, r in left_out.items() if u not in image_uris]
-    made = _augment_all(images, staged, regions_by_uri, pipeline, config, staging, job)
-    made.quarantined |= {u: r for u, r in left_out.items() if u in image_uris}
-    for uri, reason in made.quarantined.items():
-        log_fn(f"{key}: quarantined {uri}: {reason}")
-    document, coco, ls_tasks = _document(
-        key, config, pipeline, images, regions_by_uri, made, intake
-    )
-    coco_uri, ls_uri = augment_annotation_uris(config.augmented_uri, key)
-    written = publish_partition(
-        document,
-        manifest_uri=manifest_uri,
-        object_store=store,
-        manifest_store=manifest,
-        outputs=OutputFiles(made.files, made.digests),
-        annotations=[(coco_uri, coco), (ls_uri, ls_tasks)],
-        run_id=run_id,
-    )
-    staging.cleanup(job)
+    with staging.job("augment", batch_id, run_id) as job:
+        staged, left_out = _stage(
+            store, staging, job, images, folders.annotation_files, key, log_fn
+        )
+        regions_by_uri, intake = collect_annotations(
+            [ImageRef(i.uri, i.width or 0, i.height or 0) for i in images],
+            [(o.uri, staged[o.uri].path) for o in folders.annotation_files if o.uri in staged],
+            folder_images=folders.images,
+        )
+        image_uris = {i.uri for i in images}
+        intake.files += [{"uri": u, "error": r} for u, r in left_out.items() if u not in image_uris]
+        made = _augment_all(images, staged, regions_by_uri, pipeline, config, staging, job)
+        made.quarantined |= {u: r for u, r in left_out.items() if u in image_uris}
+        for uri, reason in made.quarantined.items():
+            log_fn(f"{key}: quarantined {uri}: {reason}")
+        document, coco, ls_tasks = _document(
+            key, config, pipeline, images, regions_by_uri, made, intake
+        )
+        coco_uri, ls_uri = augment_annotation_uris(config.augmented_uri, key)
+        written = publish_partition(
+            document,
+            manifest_uri=manifest_uri,
+            object_store=store,
+            manifest_store=manifest,
+            outputs=OutputFiles(made.files, made.digests),
+            annotations=[(coco_uri, coco), (ls_uri, ls_tasks)],
+            run_id=run_id,
+        )
     log_fn(f"{key}: {document.totals.to_json()}")
     return AugmentResult(
         str(key), str(manifest_uri), False, document.totals, document.checks, written

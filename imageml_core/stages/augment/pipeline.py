@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import yaml
 
+from imageml_core.imaging import DECODE_RULES_VERSION
 from imageml_core.manifest.keys import augment_tag
 
 PIPELINE_DIR = Path(__file__).parent / "pipelines"
@@ -144,6 +145,7 @@ def read_pipeline(name_or_path: str, *, copies: int | None = None) -> PipelineSp
             "bbox": [min_visibility, min_area],
             "albumentations": metadata.version("albumentations"),
             "opencv": cv2.__version__,
+            "decode_rules": DECODE_RULES_VERSION,
         },
         sort_keys=True,
     )

@@ -1,7 +1,9 @@
 """Safe expansion of ZIP archives that arrive under the raw prefix (seed 004).
 
-Each member gets its own outcome: extracted, skipped (directory or OS metadata, recorded,
-never silent) or refused (unsafe name, encrypted, nested archive, bomb) with a reason.
+Each member gets its own outcome: extracted, skipped (OS metadata, recorded, never
+silent) or refused (unsafe name, duplicate name, encrypted, nested archive, bomb, a
+directory entry carrying data) with a reason. Empty directory entries carry nothing and
+are left out.
 Declared sizes are not trusted: extraction stops reading past the declared size.
 """
 
@@ -32,13 +34,15 @@ class InvalidArchive(ValueError):
 
 @dataclass(frozen=True)
 class ArchiveMember:
-    """One member. ``path`` is set when extracted; ``reason`` says why it was not."""
+    """One member. ``path`` is set when extracted; ``reason`` says why it was not;
+    ``occurrence`` counts members of the same name in archive order (1 for the first)."""
 
     name: str
     size: int
     path: Path | None
     status: str  # "extracted" | "skipped" | "refused"
     reason: str | None = None
+    occurrence: int = 1
 
 
 def is_zip(path: Path) -> bool:
@@ -75,7 +79,7 @@ def expand_zip(
         raise InvalidArchive(f"not a valid ZIP archive: {exc}") from exc
     limits = _Limits(max_members, max_member_bytes, max_total_bytes)
     results: list[ArchiveMember] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     total = 0
     with zf:
         infos = zf.infolist()
@@ -83,14 +87,15 @@ def expand_zip(
             raise InvalidArchive(
                 f"archive has {len(infos)} members, more than the limit of {limits.members}"
             )
+        # sorted() is stable: members of one name stay in archive order.
         for n, info in enumerate(sorted(infos, key=lambda i: i.filename)):
-            if info.is_dir():
-                continue  # directories carry no data
-            refused = _refusal(info, seen, total, limits)
+            if info.is_dir() and info.file_size == 0:
+                continue  # an empty directory entry carries nothing to record
+            occurrence = seen[info.filename] = seen.get(info.filename, 0) + 1
+            refused = _refusal(info, occurrence, total, limits)
             if refused is not None:
                 results.append(refused)
                 continue
-            seen.add(info.filename)
             member = _extract(zf, info, dest / f"{n:05d}")
             if member.path is not None:
                 total += member.size
@@ -99,32 +104,37 @@ def expand_zip(
 
 
 def _refusal(
-    info: zipfile.ZipInfo, seen: set[str], total: int, limits: _Limits
+    info: zipfile.ZipInfo, occurrence: int, total: int, limits: _Limits
 ) -> ArchiveMember | None:
-    """Why a member is not extracted (skipped or refused), or None."""
+    """Why a member is not extracted (skipped or refused), or None. ``occurrence`` is
+    how many members of this name came so far, this one included."""
     name, size = info.filename, info.file_size
+
+    def refuse(reason: str, status: str = "refused") -> ArchiveMember:
+        return ArchiveMember(name, size, None, status, reason, occurrence)
+
     base = name.rsplit("/", 1)[-1]
     if name.startswith("__MACOSX/") or base.startswith("._") or base in (".DS_Store", "Thumbs.db"):
-        return ArchiveMember(name, size, None, "skipped", "operating-system metadata file")
-    if name in seen:
-        return ArchiveMember(
-            name, size, None, "refused", "duplicate member name (the first one is extracted)"
-        )
+        return refuse("operating-system metadata file", "skipped")
+    if occurrence > 1:
+        return refuse(f"duplicate member name (occurrence {occurrence}; the first is extracted)")
+    if info.is_dir():
+        # A name ending in "/" is a directory to every unzip tool: its bytes have no file
+        # name to go to. Refused, with the size, rather than dropped unseen.
+        return refuse(f"directory entry carrying {size} bytes of data")
     try:
         safe_relative_path(name)
     except UnsafeKey as exc:
-        return ArchiveMember(name, size, None, "refused", f"unsafe member name: {exc}")
+        return refuse(f"unsafe member name: {exc}")
     if info.flag_bits & 0x1:
-        return ArchiveMember(name, size, None, "refused", "encrypted member")
+        return refuse("encrypted member")
     if name.lower().endswith(".zip"):
-        return ArchiveMember(name, size, None, "refused", "nested archives are not expanded")
+        return refuse("nested archives are not expanded")
     ratio = size / max(1, info.compress_size)
     if size > limits.member_bytes or (ratio > MAX_COMPRESSION_RATIO and size > 1024**2):
-        reason = f"zip bomb guard: {size} bytes uncompressed (ratio {ratio:.0f}:1)"
-        return ArchiveMember(name, size, None, "refused", reason)
+        return refuse(f"zip bomb guard: {size} bytes uncompressed (ratio {ratio:.0f}:1)")
     if total + size > limits.total_bytes:
-        reason = f"archive expands past {limits.total_bytes} bytes"
-        return ArchiveMember(name, size, None, "refused", reason)
+        return refuse(f"archive expands past {limits.total_bytes} bytes")
     return None
 
 

@@ -28,7 +28,7 @@ from imageml_core.manifest.publish import OutputFiles, publish_partition, publis
 from imageml_core.stages.ingest.examine import Examined, Examiner, entry
 from imageml_core.stages.ingest.verify import ImageCheck
 from imageml_core.storage.object_store import ObjectInfo, ObjectStore
-from imageml_core.storage.staging import NvmeStaging, UnsafeKey, job_name, safe_relative_path
+from imageml_core.storage.staging import NvmeStaging, UnsafeKey, safe_relative_path
 from imageml_core.uris import InvalidS3Uri, S3Uri, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -102,31 +102,30 @@ def ingest_batch(
         )
     infos, entries = _stageable(members, config.raw_uri)
     infos, reused = _reuse_checkpoint(manifest, batch_id, infos, log_fn)
-    job = job_name("ingest", batch_id, run_id)
-    examined = _stage_and_examine(batch_id, job, infos, store, staging, config, log_fn)
-    entries += reused + examined.entries
-    manifest.save_checkpoint(
-        INGEST,
-        batch_id,
-        CHECKPOINT_EXAMINED,
-        {"entries": {e.uri: e.to_json() for e in entries if e.kind in _REUSABLE_KINDS}},
-    )
-    document = IngestManifest(
-        partition_key=batch_id,
-        dataset=config.dataset_name,
-        raw_uri=str(config.raw_uri),
-        max_image_pixels=config.max_image_pixels,
-        objects=tuple(sorted(entries, key=lambda e: e.uri)),
-    )
-    written = publish_partition(
-        document,
-        manifest_uri=manifest_uri,
-        object_store=store,
-        manifest_store=manifest,
-        outputs=OutputFiles(examined.uploads),
-        run_id=run_id,
-    )
-    staging.cleanup(job)
+    with staging.job("ingest", batch_id, run_id) as job:
+        examined = _stage_and_examine(batch_id, job, infos, store, staging, config, log_fn)
+        entries += reused + examined.entries
+        manifest.save_checkpoint(
+            INGEST,
+            batch_id,
+            CHECKPOINT_EXAMINED,
+            {"entries": {e.uri: e.to_json() for e in entries if e.kind in _REUSABLE_KINDS}},
+        )
+        document = IngestManifest(
+            partition_key=batch_id,
+            dataset=config.dataset_name,
+            raw_uri=str(config.raw_uri),
+            max_image_pixels=config.max_image_pixels,
+            objects=tuple(sorted(entries, key=lambda e: e.uri)),
+        )
+        written = publish_partition(
+            document,
+            manifest_uri=manifest_uri,
+            object_store=store,
+            manifest_store=manifest,
+            outputs=OutputFiles(examined.uploads),
+            run_id=run_id,
+        )
     for q in document.quarantined:
         log_fn(f"{batch_id}: quarantined {q.uri}: {q.reason}")
     log_fn(f"{batch_id}: {document.counts.to_json()}")

@@ -70,7 +70,21 @@ class Examiner:
     max_image_pixels: int
 
     def __call__(self, obj: StagedObject) -> Examined:
-        """One staged object: ``.json`` -> annotation file, ZIP -> archive, else image."""
+        """One staged object: ``.json`` -> annotation file, ZIP -> archive, else image.
+
+        A failure of this node (``OSError``: the staging disk) is raised so the batch
+        fails and a retry can succeed; any other exception is about this object's content
+        (a parser bug on hostile input) and quarantines it alone, with the reason."""
+        try:
+            return self._examine(obj)
+        except OSError:
+            raise
+        except Exception as exc:
+            info = obj.info
+            bad = ImageCheck(False, f"could not be examined: {type(exc).__name__}: {exc}")
+            return Examined([entry(str(info.uri), info.etag, info.size, "unknown", bad)])
+
+    def _examine(self, obj: StagedObject) -> Examined:
         info, path = obj.info, obj.path
         if path.suffix.lower() == ".json":
             check = check_annotation_file(path)
@@ -125,12 +139,13 @@ class Examiner:
     def _member(
         self, member: ArchiveMember, zip_uri: str, zip_key: str, zip_etag: str, out: Examined
     ) -> None:
-        """A member that was not extracted is recorded under ``<zip>#<name>`` with the
-        archive's ETag; an extracted one is verified and, if it is an image, uploaded."""
+        """A member that was not extracted is recorded under ``<zip>#<name>``
+        (:func:`~imageml_core.manifest.keys.archive_member_ref`) with the archive's ETag; an
+        extracted one is verified and, if it is an image, uploaded."""
         if member.path is None:
             out.entries.append(
                 IngestEntry(
-                    uri=archive_member_ref(zip_uri, member.name),
+                    uri=archive_member_ref(zip_uri, member.name, member.occurrence),
                     etag=zip_etag,
                     size=member.size,
                     kind="archive_member",

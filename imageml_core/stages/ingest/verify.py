@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from imageml_core.imaging import (
+    DECODE_RULES_VERSION,
     DEFAULT_MAX_IMAGE_PIXELS,
     SUPPORTED_FORMATS,
     SUPPORTED_MODES,
     ImageHeader,
-    is_corruption,
+    jpeg_corruption,
     libjpeg_warning,
     read_header,
     unsupported,
@@ -92,34 +92,34 @@ def verify_image(path: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> I
     if size == 0:
         return ImageCheck(False, "empty object (0 bytes)")
     header: ImageHeader | None = None
-    warning: str | None = None
+    corruption: str | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                header = read_header(img)
-                if problem := unsupported(header, max_pixels):
-                    return ImageCheck.of(header, problem)
-                if header.format in ("JPEG", "MPO"):
-                    # libjpeg-turbo reads every entropy-coded byte at 1/8 scale; a clean
-                    # decode is the whole check. Otherwise Pillow's verdict (it names
-                    # truncation precisely) and libjpeg's warning decide below.
-                    warning = libjpeg_warning(path.read_bytes())
-                    if warning is None:
-                        return ImageCheck.of(header)
-                    width, height = img.size
-                    img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                img.load()
+        # A file object, not a path: see imageml_core.imaging (TIFF orientation).
+        with path.open("rb") as fh, Image.open(fh) as img:
+            header = read_header(img)
+            if problem := unsupported(header, max_pixels):
+                return ImageCheck.of(header, problem)
+            if header.format in ("JPEG", "MPO"):
+                # libjpeg-turbo reads every entropy-coded byte at 1/8 scale; a clean
+                # decode is the whole check. Otherwise Pillow's verdict (it names
+                # truncation precisely) and libjpeg's warning decide below.
+                fh.seek(0)
+                data = fh.read()
+                warning = libjpeg_warning(data)
+                if warning is None:
+                    return ImageCheck.of(header)
+                corruption = jpeg_corruption(data, warning)
+                width, height = img.size
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            img.load()
     except UnidentifiedImageError:
         return ImageCheck(False, "not an image (unrecognised format)")
-    except Image.DecompressionBombError as exc:
-        return ImageCheck(False, f"decompression bomb: {exc}")
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # Pillow's plugins raise many types on hostile input
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated", ...).
         reason = f"truncated or corrupt image data: {exc}"
         return ImageCheck.of(header, reason) if header else ImageCheck(False, reason)
-    if warning is not None and is_corruption(warning):
-        return ImageCheck.of(header, f"truncated or corrupt image data: {warning}")
+    if corruption is not None:
+        return ImageCheck.of(header, f"truncated or corrupt image data: {corruption}")
     return ImageCheck.of(header)
 
 
@@ -150,7 +150,8 @@ def verification_policy_hash(max_image_pixels: int) -> str:
     doc = {
         # The rules themselves, by name: sizes in the displayed frame, damaged JPEG scan
         # data is corruption (imageml_core.imaging).
-        "rules": ["displayed-frame", "jpeg-corruption"],
+        "rules": ["displayed-frame", "jpeg-corruption", "jpeg-header-padding-recheck"],
+        "decode_rules": DECODE_RULES_VERSION,
         "max_image_pixels": max_image_pixels,
         "formats": sorted(SUPPORTED_FORMATS),
         "modes": sorted(SUPPORTED_MODES),

@@ -22,9 +22,6 @@ from concurrent.futures import (
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-from PIL import Image
-
 from imageml_core.annotations.regions import Region
 from imageml_core.manifest.documents import NormalizedOutput
 from imageml_core.manifest.keys import normalized_image_uri, variant_base
@@ -39,7 +36,6 @@ from imageml_core.storage.paths import staged_name
 from imageml_core.storage.staging import (
     NvmeStaging,
     StagedObject,
-    job_name,
     raise_unless_quarantinable,
 )
 from imageml_core.uris import S3Uri, parse_s3_uri
@@ -99,9 +95,10 @@ def normalize_file(args: tuple[str, str, NormalizePolicy, str]) -> StagedResult:
     src_path, rel, policy, out_root = args
     try:
         result = normalize_image(Path(src_path), policy)
-    except (OSError, ValueError, cv2.error, Image.DecompressionBombError) as exc:
-        # Ingest verified every source, so this is an object changed or broken since:
-        # it is quarantined with the reason and the batch goes on.
+    except Exception as exc:
+        # Ingest verified every source, so this is an object changed or broken since (or
+        # input a Pillow plugin fails on in a way of its own): it is quarantined with the
+        # reason and the batch goes on.
         return StagedResult(error=f"{type(exc).__name__}: {str(exc).strip() or 'unreadable image'}")
     variants: dict[str, VariantFile] = {}
     for v in result.variants:
@@ -200,33 +197,32 @@ def compute_batch(
     Raises the first staging failure that is not the source's fault (network, access
     denied, a full disk) so a retry can succeed; sources that vanished, changed or no
     longer decode are quarantined instead."""
-    job = job_name("normalize", batch_id, run_id)
-    infos, quarantined = _current_sources(store, items)
-    for uri, reason in quarantined.items():
-        log_fn(f"{batch_id}: quarantined {uri}: {reason}")
-    # Sizes come from the listing, so the capacity check covers the whole shard before
-    # the first byte moves, though staging then happens chunk by chunk.
-    staging.check_capacity(sum(i.size for i in infos))
-    workers = workers or os.cpu_count() or 1
-    result = BatchResult({v.name: [] for v in policy.variants}, quarantined=quarantined)
-    log_fn(
-        f"{batch_id}: normalizing {len(infos)} images into {len(policy.variants)} variants on "
-        f"{workers} processes"
-    )
-    by_uri = {i.uri: i for i in items}
-    failures: dict[str, Exception] = {}
+    with staging.job("normalize", batch_id, run_id) as job:
+        infos, quarantined = _current_sources(store, items)
+        for uri, reason in quarantined.items():
+            log_fn(f"{batch_id}: quarantined {uri}: {reason}")
+        # Sizes come from the listing, so the capacity check covers the whole shard before
+        # the first byte moves, though staging then happens chunk by chunk.
+        staging.check_capacity(sum(i.size for i in infos))
+        workers = workers or os.cpu_count() or 1
+        result = BatchResult({v.name: [] for v in policy.variants}, quarantined=quarantined)
+        log_fn(
+            f"{batch_id}: normalizing {len(infos)} images into {len(policy.variants)} variants on "
+            f"{workers} processes"
+        )
+        by_uri = {i.uri: i for i in items}
+        failures: dict[str, Exception] = {}
 
-    def log(message: str) -> None:
-        log_fn(f"{batch_id}: {message}")
+        def log(message: str) -> None:
+            log_fn(f"{batch_id}: {message}")
 
-    with (
-        ProcessPoolExecutor(workers) as pool,
-        ThreadPoolExecutor(store.max_concurrency) as uploader,
-    ):
-        pending = _submit(pool, store, staging, job, infos, policy, workers, failures, by_uri)
-        uploads = _collect(pending, uploader, store, policy, normalized_uri, infos, result, log)
-        result.written = sum(f.result() for f in uploads)
-    staging.cleanup(job)
+        with (
+            ProcessPoolExecutor(workers) as pool,
+            ThreadPoolExecutor(store.max_concurrency) as uploader,
+        ):
+            pending = _submit(pool, store, staging, job, infos, policy, workers, failures, by_uri)
+            uploads = _collect(pending, uploader, store, policy, normalized_uri, infos, result, log)
+            result.written = sum(f.result() for f in uploads)
     for uri, exc in failures.items():
         result.quarantined[uri] = f"could not be staged: {exc}"
         log_fn(f"{batch_id}: quarantined {uri}: could not be staged: {exc}")

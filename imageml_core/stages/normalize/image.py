@@ -33,7 +33,14 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from imageml_core.imaging import FAST_JPEG_MODES, ORIENT_OPS, read_header, to_rgb8, upright
+from imageml_core.imaging import (
+    DECODE_RULES_VERSION,
+    FAST_JPEG_MODES,
+    ORIENT_OPS,
+    read_header,
+    to_rgb8,
+    upright,
+)
 from imageml_core.sizes import (
     CHROMA_SUBSAMPLINGS,
     FIT_POLICIES,
@@ -117,6 +124,10 @@ class NormalizePolicy:
             "opencv": cv2.__version__,
             "simplejpeg": simplejpeg.__version__,
             "resampler": "cascade-v1",
+            "decode_rules": DECODE_RULES_VERSION,
+            # Output keys (manifest.keys.normalized_image_uri): non-JPEG sources moved
+            # under _converted/, so outputs of the old layout never share a hash folder.
+            "layout": 2,
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -196,7 +207,7 @@ def _decode(
                     pixels = ORIENT_OPS[header.orientation](pixels)
                 return pixels, src_w, src_h, "fast", reduction
         # General path: the shared decoder, for everything ingest accepts.
-        rgb = to_rgb8(upright(probe), policy.alpha_background)
+        rgb = to_rgb8(upright(probe, header), policy.alpha_background)
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), rgb.shape[1], rgb.shape[0], "general", 1
 
 

@@ -109,9 +109,9 @@ def test_every_object_ends_in_one_recorded_state_and_no_object_fails_the_batch(
     assert state["x/with-data/"] == folder
     assert state["x/empty-folder/"] == folder
     assert state["x/tricky.zip"] == ("ok", None)
-    assert state["x/tricky.zip#twice.jpg"] == (
+    assert state["x/tricky.zip#twice.jpg#2"] == (
         "quarantined",
-        "duplicate member name (the first one is extracted)",
+        "duplicate member name (occurrence 2; the first is extracted)",
     )
     members = [
         r for r in rows.values() if r.details.get("source_uri") == str(raw.join("x/tricky.zip"))

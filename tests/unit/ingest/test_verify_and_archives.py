@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imageml_core.manifest.keys import archive_member_ref
 from imageml_core.stages.ingest.archives import InvalidArchive, expand_zip, is_zip
 from imageml_core.stages.ingest.verify import check_annotation_file, verify_image
 from tests.helpers import jpeg_bytes, png_bytes, zip_bytes
@@ -148,8 +149,36 @@ def test_members_that_would_collide_or_overflow_paths_extract_and_duplicates_are
     assert by_name[deep][0].path.read_bytes() == jpeg_bytes(3)
     first, second = by_name["twice.jpg"]
     assert first.status == "extracted" and first.path.read_bytes() == jpeg_bytes(4)
-    assert second.status == "refused"
-    assert second.reason == "duplicate member name (the first one is extracted)"
+    assert second.status == "refused" and second.occurrence == 2
+    assert second.reason == "duplicate member name (occurrence 2; the first is extracted)"
+
+
+def test_duplicate_names_get_distinct_ledger_refs() -> None:
+    """Two refused members of one name once shared a ledger ref; a name that looks like
+    another's occurrence suffix cannot pose as it either."""
+    refs = {
+        archive_member_ref("s3://r/a.zip", "x.jpg"),
+        archive_member_ref("s3://r/a.zip", "x.jpg", 2),
+        archive_member_ref("s3://r/a.zip", "x.jpg#2"),
+        archive_member_ref("s3://r/a.zip", "x.jpg%232"),
+    }
+    assert len(refs) == 4
+    assert archive_member_ref("s3://r/a.zip", "x.jpg", 2) == "s3://r/a.zip#x.jpg#2"
+
+
+def test_a_directory_entry_with_data_is_refused_not_dropped(tmp_path: Path) -> None:
+    """A member named ``d/`` (a directory to every unzip tool) that carries bytes was
+    skipped unseen; now it is refused with its size. Empty directory entries stay out."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("empty/", b"")
+        zf.writestr("full/", jpeg_bytes(1))
+        zf.writestr("full/ok.jpg", jpeg_bytes(2))
+    members = {m.name: m for m in expand_zip(_write(tmp_path, "d.zip", buf.getvalue()), tmp_path)}
+    assert set(members) == {"full/", "full/ok.jpg"}
+    assert members["full/"].status == "refused"
+    assert members["full/"].reason == f"directory entry carrying {len(jpeg_bytes(1))} bytes of data"
+    assert members["full/ok.jpg"].status == "extracted"
 
 
 def test_zip_bomb_and_encrypted_members_are_refused(tmp_path: Path) -> None:
@@ -169,3 +198,37 @@ def test_zip_bomb_and_encrypted_members_are_refused(tmp_path: Path) -> None:
         raw[offset] |= 0x1
     members = expand_zip(_write(tmp_path, "enc.zip", bytes(raw)), tmp_path / "out3")
     assert members[0].reason == "encrypted member"
+
+
+def test_an_object_a_parser_chokes_on_is_quarantined_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's plugins raise exception types of their own on hostile input; one such
+    object once failed its whole batch from the examiner's thread pool. A disk error
+    (``OSError``) still fails the batch: it is the node's fault, and a retry can succeed."""
+    from imageml_core.stages.ingest import examine
+    from imageml_core.storage.object_store import ObjectInfo
+    from imageml_core.storage.staging import StagedObject
+    from imageml_core.uris import S3Uri
+
+    path = _write(tmp_path, "a.jpg", jpeg_bytes(1))
+    obj = StagedObject(
+        ObjectInfo(S3Uri("raw", "a.jpg"), "etag", path.stat().st_size), path, "", False
+    )
+    examiner = examine.Examiner(S3Uri("raw", ""), S3Uri("bronze", ""), tmp_path / "work", 10**8)
+    assert examiner(obj).entries[0].status == "ok"
+
+    def choke(*_: object, **__: object) -> None:
+        raise TypeError("Missing dimensions")
+
+    monkeypatch.setattr(examine, "verify_image", choke)
+    (bad,) = examiner(obj).entries
+    assert (bad.status, bad.uri) == ("quarantined", "s3://raw/a.jpg")
+    assert bad.reason == "could not be examined: TypeError: Missing dimensions"
+
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(examine, "verify_image", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        examiner(obj)
