@@ -50,6 +50,9 @@ class _Cli(click.Group):
     stopping signal into a short account of what finished (exit code 130)."""
 
     def invoke(self, ctx: click.Context) -> object:
+        # SIGTERM (what Kubernetes and `timeout` send) stops a command as Ctrl-C does, at
+        # any point of it: set up, between runs, while the summary prints.
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except _USER_ERRORS as exc:
@@ -62,6 +65,15 @@ class _Cli(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            click.echo(
+                "Interrupted before any run started; nothing was changed. Run the same "
+                "command again to start.",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERRUPTED)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Cli)
@@ -240,6 +252,15 @@ def lineage(uri: str, as_json: bool, home: str | None) -> None:
         click.echo(f"  <- {e.input_uri}  (stage {e.stage} {e.step}, run {e.run_id})")
     for e in found.downstream:
         click.echo(f"  -> {e.output_uri}  (stage {e.stage} {e.step}, run {e.run_id})")
+    annotation_file = any(
+        r.ok and r.details.get("kind") in ("annotation", "label_config") for r in found.records
+    )
+    if annotation_file and not found.downstream:
+        click.echo(
+            "  not applied yet: no batch with images in its folder has been augmented since "
+            "it arrived (it is applied when one is: the next `imageml run`, or the "
+            "annotation_changes_sensor)"
+        )
 
 
 @cli.command()

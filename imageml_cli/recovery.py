@@ -24,21 +24,44 @@ from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 
 HOST_TAG = "imageml/host"
 PID_TAG = "imageml/pid"
+#: When the process started (``/proc/<pid>/stat`` field 22, clock ticks since boot): a pid
+#: is reused, and in a container the command gets the same pid on every start, so a pid
+#: alone cannot tell a dead run's process from a live one.
+STARTED_TAG = "imageml/process_started"
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time from ``/proc`` (Linux), or None where there is none."""
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read().decode()  # noqa: SIM115
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")".
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def run_tags() -> dict[str, str]:
     """The tags that let a later ``imageml run`` tell this process's runs are dead."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    started = _start_time(os.getpid())
+    if started is not None:
+        tags[STARTED_TAG] = started
+    return tags
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether the process that ran a run still runs: ``pid`` exists and, when the run
+    recorded it, started when that process did (else the pid was reused)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
+    except PermissionError:  # someone else's process: alive, unless the pid was reused
+        pass
+    if started is None:
         return True
-    return True
+    now = _start_time(pid)
+    return now is None or now == started
 
 
 def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> list[str]:
@@ -55,7 +78,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, echo: Callable[[str], None]) ->
     for record in records:
         run = record.dagster_run
         pid = run.tags.get(PID_TAG, "")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not _alive(int(pid), run.tags.get(STARTED_TAG)):
             instance.report_run_failed(
                 run, f"the process that ran it (pid {pid} on {host}) is gone (killed?)"
             )

@@ -27,6 +27,7 @@ from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.partitions import ingest_batches
 from imageml_cli.recovery import fail_dead_runs, reconcile_materializations, run_tags
 from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, ManifestStore
+from imageml_core.manifest.annotation_versions import current_augment_key
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
 from imageml_resources import open_manifest_store
@@ -132,29 +133,32 @@ def _stages_until(until: str) -> list[str]:
     return names[: names.index(until) + 1]
 
 
-def _augment_behind(store: ManifestStore, resources: dict[str, Any]) -> list[str]:
-    """Ingested batches without an augment manifest for the current pipeline."""
+def _current_augment_keys(store: ManifestStore, resources: dict[str, Any]) -> list[AugmentKey]:
+    """Every ingested batch's augment partition as it should be now: the current pipeline
+    and the batch's current annotation version (a late or changed annotation file makes a
+    new one, :mod:`imageml_core.manifest.annotation_versions`)."""
     tag = resources["augmentation"].get_spec().tag
+    return [current_augment_key(store, m.partition_key, tag) for m in store.manifests(INGEST)]
+
+
+def _augment_behind(store: ManifestStore, resources: dict[str, Any]) -> list[str]:
+    """Ingested batches without an augment manifest for the current pipeline and
+    annotation version."""
     return [
-        m.partition_key
-        for m in store.manifests(INGEST)
-        if store.get_manifest(AUGMENT, str(AugmentKey(m.partition_key, tag))) is None
+        k.batch_id
+        for k in _current_augment_keys(store, resources)
+        if store.get_manifest(AUGMENT, str(k)) is None
     ]
 
 
 def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[NormalizeKey]:
     """(batch, variant) partitions not published for the current policy, of every batch
-    augmented with the current pipeline."""
-    tag = resources["augmentation"].get_spec().tag
+    augmented with the current pipeline and annotation version."""
     policy = resources["normalization"].get_policy()
-    augmented = [
-        m.partition_key
-        for m in store.manifests(INGEST)
-        if store.get_manifest(AUGMENT, str(AugmentKey(m.partition_key, tag))) is not None
-    ]
     keys = [
-        NormalizeKey(b, tag, v.name, policy.variant_hash(v))
-        for b in augmented
+        NormalizeKey.of(k, v.name, policy.variant_hash(v))
+        for k in _current_augment_keys(store, resources)
+        if store.get_manifest(AUGMENT, str(k)) is not None
         for v in policy.variants
     ]
     return [k for k in keys if store.get_manifest(NORMALIZE, str(k)) is None]
@@ -223,12 +227,12 @@ def _run_pipeline(
     try:
         _recover(instance, store, resources, echo)
         _run_stages(defs, job, stages, instance, store, resources, summary, echo, log_level)
+        asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
+        summary.mirrored = mirror_materializations(instance, asset_keys, store)
     except KeyboardInterrupt as exc:
         if isinstance(exc, RunInterrupted):
             raise
         raise RunInterrupted(summary) from None
-    asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
-    summary.mirrored = mirror_materializations(instance, asset_keys, store)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -265,13 +269,18 @@ def _run_stages(
         (str(r.partition_key), stage1, dict(r.tags)) for r in result.run_requests or []
     ]
     echo(f"[ingest] {len(work)} new batch(es)")
-    if "augment" in stages:
-        scheduled = {key for key, _, _ in work}
-        behind = [b for b in _augment_behind(store, resources) if b not in scheduled]
-        if behind:
-            echo(f"[augment] {len(behind)} earlier batch(es) to catch up")
-        work += [(b, ["augment"], {"imageml/trigger": "catch-up"}) for b in behind]
     _execute(job, work, instance, summary, echo, log_level)
+    if "augment" in stages:
+        # After the new batches: an annotation file they brought may name images of
+        # earlier batches (or of a batch of this same upload augmented just before it).
+        behind = _augment_behind(store, resources)
+        if behind:
+            echo(
+                f"[augment] {len(behind)} batch(es) to catch up (a new pipeline, or "
+                "annotation files that arrived or changed since they were augmented)"
+            )
+        catch_up = [(b, ["augment"], {"imageml/trigger": "catch-up"}) for b in behind]
+        _execute(job, catch_up, instance, summary, echo, log_level)
 
     if "normalize" in stages:
         # After stage 1 ran: every published augment shard x every configured variant.

@@ -71,7 +71,8 @@ SUPPORTED_MODES = frozenset(
 #: Version of the decoding rules above (frame, orientation source, colour rule). It is part
 #: of every stage's code version / policy hash, so a change that alters what an image
 #: decodes to marks partitions stale and writes new outputs beside the old ones.
-#: 2: orientation from the EXIF block only (not XMP); TIFFs opened without mmap.
+#: 2: orientation from the EXIF block only (not XMP); TIFFs opened without mmap; a grey or
+#: RGB PNG's tRNS colour is transparent (composited like alpha).
 DECODE_RULES_VERSION = 2
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own bomb threshold (2x its warning level)
 WHITE = (255, 255, 255)
@@ -179,8 +180,12 @@ def to_rgb8(img: Image.Image, background: tuple[int, int, int] = WHITE) -> np.nd
         arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
         shift = 8 if img.mode != "I" else max(0, int(arr.max()).bit_length() - 8)
         img = Image.fromarray((arr >> shift).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
+        # A palette, grey or RGB PNG (or GIF) that marks one value transparent (tRNS):
+        # that value is alpha 0, composited like any other alpha below.
+        img = img.convert("RGBA")
+    elif img.mode == "P":
+        img = img.convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +27,34 @@ def _polygon_area(flat: Sequence[float]) -> float:
     return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
 
 
-def coco_document(images: Sequence[AnnotatedImage]) -> dict[str, Any]:
+def category_ids_for(
+    labels: Sequence[str], given: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Category id per label: the ``given`` ids (the user's own COCO class ids, kept), then
+    each label without one, in name order, numbered after the largest given id (from 1
+    when none is given). Every given category is kept, used in this document or not, so a
+    class keeps its id across batches."""
+    ids = dict(given or {})
+    next_id = max(ids.values(), default=0) + 1
+    for label in sorted(set(labels) - ids.keys()):
+        ids[label] = next_id
+        next_id += 1
+    return dict(sorted(ids.items(), key=lambda item: item[1]))
+
+
+def coco_document(
+    images: Sequence[AnnotatedImage], category_ids: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """A COCO detection document for ``images``.
 
     Rules (stable, so a rerun writes the same bytes): images get ids from 1 in
-    ``file_name`` order, annotations ids from 1 in image then region order, categories ids
-    from 1 in label-name order. Boxes are pixels ``[x, y, w, h]`` from the top-left corner,
+    ``file_name`` order, annotations ids from 1 in image then region order, categories the
+    ids of :func:`category_ids_for` (``category_ids`` are the user's, kept). Boxes are pixels ``[x, y, w, h]`` from the top-left corner,
     rounded to :data:`~imageml_core.annotations.regions.DECIMALS`; a region's polygon becomes
     a one-part ``segmentation`` and ``area`` is the polygon's area (as COCO's own tools
     compute it from the mask), else ``w * h``; ``iscrowd`` is always 0.
     """
-    labels = sorted({r.label for image in images for r in image.regions})
-    cat_id = {name: i for i, name in enumerate(labels, start=1)}
+    cat_id = category_ids_for([r.label for image in images for r in image.regions], category_ids)
     doc: dict[str, Any] = {
         "images": [],
         "annotations": [],

@@ -160,3 +160,41 @@ def validate_tasks(tasks: Sequence[Mapping[str, Any]], label_config: str) -> lis
                 for e in li.validate_prediction(pred, return_errors=True)
             )
     return errors
+
+
+#: The file name of a labelling config beside a Label Studio export (README "Annotations").
+LABEL_CONFIG_NAME = "label_config.xml"
+
+
+def label_config_problem(text: str) -> str | None:
+    """None when ``text`` is a labelling config Label Studio's SDK parses, else why not.
+
+    Parsed with defusedxml first (no entity expansion or external entities from a file a
+    user uploaded), then with ``LabelInterface``; the root element must be ``<View>``."""
+    from defusedxml import ElementTree
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        root = ElementTree.fromstring(text)
+    except Exception as exc:  # ParseError, and defusedxml's refusals (entities, DTDs)
+        return f"labelling config is not well-formed XML: {type(exc).__name__}: {exc}"
+    if root.tag != "View":
+        return f"labelling config's root element is <{root.tag}>, not <View>"
+    try:
+        LabelInterface(text)
+    except Exception as exc:  # the SDK raises several types for a bad config
+        return f"Label Studio's SDK cannot read the labelling config: {exc}"
+    return None
+
+
+def config_labels(text: str) -> dict[str, set[str]]:
+    """Label values per control name of a labelling config (controls with labels only:
+    ``RectangleLabels``, ``PolygonLabels``, ``Choices``...). Raises the SDK's errors for a
+    config that does not parse (check with :func:`label_config_problem` first)."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    return {
+        c.name: set(c.labels)
+        for c in LabelInterface(text).controls
+        if getattr(c, "labels", None) is not None
+    }

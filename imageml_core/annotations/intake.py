@@ -8,7 +8,8 @@ plain name does not match). Names that match no ingested object, and images name
 than one record, are reported; for the latter the record from the file that sorts first
 wins, so the choice is stable. Label Studio exports are converted to COCO with the Label
 Studio SDK (see :mod:`imageml_core.annotations`); a ``label_config.xml`` in the same folder
-is used as the labelling config, otherwise one is inferred from the tasks' results.
+is used as the labelling config (a label a result uses that the config does not declare is
+reported, and kept), otherwise one is inferred from the tasks' results.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from imageml_core.annotations.common import detect_format
-from imageml_core.annotations.config import infer_label_config
+from imageml_core.annotations.config import config_labels, infer_label_config
 from imageml_core.annotations.ls_to_coco import ls_to_coco
 from imageml_core.annotations.regions import Region
 from imageml_core.annotations.validate import clean_coco, clean_label_studio
@@ -41,6 +42,14 @@ class ImageRef:
     height: int
 
 
+@dataclass(frozen=True)
+class LabelConfig:
+    """A folder's ``label_config.xml``: its URI and text (ingest checked that it parses)."""
+
+    uri: str
+    text: str
+
+
 @dataclass
 class IntakeReport:
     """What annotation intake found (stored in the augment manifest).
@@ -56,6 +65,37 @@ class IntakeReport:
     unmatched_names: list[dict[str, str]] = field(default_factory=list)
     named_twice: list[dict[str, Any]] = field(default_factory=list)
     not_converted: list[dict[str, Any]] = field(default_factory=list)
+    category_ids: dict[str, int] = field(default_factory=dict)
+    _category_files: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def category(self, file_uri: str, path: str, name: str, category_id: Any) -> None:
+        """Keep ``category_id`` (the user's class id) for ``name``, unless it is not an
+        integer or another file already gave the name or the id otherwise (reported)."""
+        if isinstance(category_id, bool) or not isinstance(category_id, int):
+            self.problem(
+                file_uri, path, f"category id {category_id!r} is not an integer: a new id is used"
+            )
+            return
+        known = self.category_ids.get(name)
+        if known is not None and known != category_id:
+            self.problem(
+                file_uri,
+                path,
+                f"category {name!r} has id {category_id} here but {known} in "
+                f"{self._category_files[name]}; {known} is used",
+            )
+            return
+        holder = next((n for n, i in self.category_ids.items() if i == category_id), None)
+        if holder is not None and holder != name:
+            self.problem(
+                file_uri,
+                path,
+                f"category id {category_id} names {name!r} here but {holder!r} in "
+                f"{self._category_files[holder]}; {name!r} gets a new id",
+            )
+            return
+        self.category_ids[name] = category_id
+        self._category_files.setdefault(name, file_uri)
 
     def as_dict(self) -> dict[str, Any]:
         """The lists as a JSON-ready dict."""
@@ -65,7 +105,32 @@ class IntakeReport:
             "unmatched_names": self.unmatched_names,
             "named_twice": self.named_twice,
             "not_converted": self.not_converted,
+            "category_ids": self.category_ids,
         }
+
+    def issues(self) -> list[tuple[str, str, str]]:
+        """Everything reported, as ``(file, record, reason)`` rows (for the asset's
+        metadata): unusable files, records left out, names that match no image, images
+        named twice and what the conversion skipped."""
+        rows = [(f["uri"], "", str(f["error"])) for f in self.files if "error" in f]
+        rows += [(p["file"], p["path"], p["reason"]) for p in self.problems]
+        rows += [
+            (u["file"], u["name"], "names no ingested image of the file's folder")
+            for u in self.unmatched_names
+        ]
+        rows += [
+            (t["files"][1], t["image_uri"], f"image already named by {t['files'][0]}, which wins")
+            for t in self.named_twice
+        ]
+        rows += [
+            (
+                str(n.get("file", "")),
+                " ".join(f"{k} {n[k]}" for k in ("level", "task_id", "region_id") if n.get(k)),
+                str(n.get("reason", "")),
+            )
+            for n in self.not_converted
+        ]
+        return rows
 
     def problem(self, file_uri: str, path: str, reason: str) -> None:
         """Record a record of ``file_uri`` left out, at JSON ``path``, and why."""
@@ -188,12 +253,13 @@ def collect_annotations(
     annotation_files: Sequence[tuple[str, Path]],
     *,
     folder_images: Mapping[str, Sequence[ImageRef]],
-    label_configs: Mapping[str, str] | None = None,
+    label_configs: Mapping[str, LabelConfig] | None = None,
 ) -> tuple[dict[str, list[Region]], IntakeReport]:
     """Regions for each of ``images`` (by URI) from the annotation files of their folders.
 
     ``folder_images`` lists every ingested image per folder (all batches), so a name that
-    matches an image of another batch is not reported as unmatched. Never raises for a
+    matches an image of another batch is not reported as unmatched; ``label_configs`` are
+    the folders' ``label_config.xml`` files, by folder. Never raises for a
     file's content: a file that cannot be used at all is reported in ``files`` with the
     reason, a record that cannot be used in ``problems``; the rest is used.
     """
@@ -231,7 +297,7 @@ def _read_file(
     file_uri: str,
     path: Path,
     siblings: Mapping[str, ImageRef],
-    label_configs: Mapping[str, str],
+    label_configs: Mapping[str, LabelConfig],
     entry: dict[str, Any],
     report: IntakeReport,
 ) -> dict[str, list[Region]]:
@@ -243,6 +309,11 @@ def _read_file(
     if fmt == "coco":
         coco, problems = clean_coco(doc)
         _check_sizes(file_uri, coco, siblings, report)
+        seen: set[Any] = set()
+        for n, cat in enumerate(coco.get("categories", [])):
+            if _id(cat["id"]) not in seen:  # a repeated id is reported by regions_from_coco
+                seen.add(_id(cat["id"]))
+                report.category(file_uri, f".categories[{n}]", str(cat["name"]), _id(cat["id"]))
     else:
         tasks, problems = clean_label_studio([doc] if isinstance(doc, Mapping) else doc)
         coco = _label_studio_as_coco(file_uri, tasks, siblings, label_configs, entry, report)
@@ -275,14 +346,19 @@ def _label_studio_as_coco(
     file_uri: str,
     tasks: list[dict[str, Any]],
     siblings: Mapping[str, ImageRef],
-    label_configs: Mapping[str, str],
+    label_configs: Mapping[str, LabelConfig],
     entry: dict[str, Any],
     report: IntakeReport,
 ) -> dict[str, Any]:
     """A Label Studio export converted by the SDK (:func:`ls_to_coco`); an export with no
     rectangle or polygon region at all (empty, unlabelled, classification only) has
-    nothing to convert: its images stay unlabelled."""
-    config = label_configs.get(folder_of(file_uri)) or infer_label_config(tasks)
+    nothing to convert: its images stay unlabelled. With the folder's ``label_config.xml``
+    the labels results use are checked against it."""
+    given = label_configs.get(folder_of(file_uri))
+    if given is not None:
+        entry["label_config_uri"] = given.uri
+        _check_labels(file_uri, tasks, given, report)
+    config = given.text if given is not None else infer_label_config(tasks)
     if "<RectangleLabels" not in config and "<PolygonLabels" not in config:
         entry["converted"] = {"tasks": 0, "annotations": 0}
         entry["note"] = "no rectangle or polygon regions: the images stay unlabelled"
@@ -302,6 +378,32 @@ def _label_studio_as_coco(
     for skipped in conv.skipped:
         report.not_converted.append({"file": file_uri, **skipped})
     return coco
+
+
+def _check_labels(
+    file_uri: str, tasks: Sequence[Mapping[str, Any]], config: LabelConfig, report: IntakeReport
+) -> None:
+    """Report every label a result uses that its control in ``config`` does not declare
+    (Label Studio itself shows such a region, so it is kept)."""
+    declared = config_labels(config.text)
+    for task in tasks:
+        for field_name in ("annotations", "predictions"):
+            for item in task.get(field_name) or []:
+                if not isinstance(item, Mapping):
+                    continue
+                for result in item.get("result") or []:
+                    labels = declared.get(str(result.get("from_name")))
+                    value = result.get("value") or {}
+                    used = value.get(str(result.get("type"))) if labels is not None else None
+                    for label in used if isinstance(used, list) else []:
+                        if label not in labels:  # type: ignore[operator]
+                            report.problem(
+                                file_uri,
+                                f"task {task.get('id')} {field_name[:-1]} {item.get('id')} "
+                                f"region {result.get('id')}",
+                                f"label {label!r} is not in {config.uri} (control "
+                                f"{result.get('from_name')!r}); the region is kept",
+                            )
 
 
 def _match(name: str, siblings: Mapping[str, ImageRef]) -> ImageRef | None:

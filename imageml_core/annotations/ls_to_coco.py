@@ -1,8 +1,16 @@
 """Label Studio export -> COCO, through ``label_studio_sdk.converter.Converter``.
 
 The SDK does the geometry (percent of the original size -> pixels, polygon boxes and
-areas, rotated rectangles -> their axis-aligned box). Around it, this module fixes the
-SDK's traps (label-studio-sdk 2.1.2):
+areas). Around it, this module fixes the SDK's traps (label-studio-sdk 2.1.2):
+
+* **Rotated rectangles.** The SDK's COCO export turns a rectangle with ``rotation`` about
+  its top-left corner in *percent* space, which is wrong on any non-square image (1000x800,
+  x=40 %, y=30 %, w=20 %, h=10 %, 30 degrees: it writes [350, 240, 223.2, 149.3]). We
+  recompute such a region in pixels with the SDK's own oriented-box helper
+  (``convert_annotation_to_yolo_obb``, Label Studio's convention: clockwise degrees about
+  the top-left corner, y down): its four corners become the ``segmentation``, its
+  enclosing axis-aligned box the ``bbox`` ([360, 240, 213.2, 169.3]) and ``area`` is
+  ``w * h`` in pixels, so the corners move exactly through augmentation.
 
 * **One image per task.** The SDK writes a duplicate image for every non-cancelled
   annotation of a task. We hand it exactly one annotation per task, chosen by
@@ -163,7 +171,8 @@ def _prepare(
                 {
                     "task_id": task_id,
                     "region_id": result.get("id"),
-                    "change": "rotated box -> enclosing box",
+                    "change": "rotated rectangle -> its four corners as a polygon, "
+                    "the enclosing box as bbox (computed in pixels)",
                 }
             )
         if sum(len(result["value"].get(k) or []) for k in REGION_KEYS) > 1:
@@ -280,6 +289,26 @@ def ls_to_coco(
     return coco, report
 
 
+def _rotated_rectangle(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``bbox``, ``segmentation`` and ``area`` in pixels for a rotated ``rectanglelabels``
+    result (see the module docstring), else nothing: the SDK's values stand."""
+    value = result["value"]
+    if "rectanglelabels" not in value or not float(value.get("rotation") or 0) % 360:
+        return {}
+    from label_studio_sdk.converter.utils import convert_annotation_to_yolo_obb
+
+    width, height = float(result["original_width"]), float(result["original_height"])
+    label = {**value, "original_width": width, "original_height": height}
+    corners = convert_annotation_to_yolo_obb(label, normalize=False)
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    w_px, h_px = value["width"] / 100 * width, value["height"] / 100 * height
+    return {
+        "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+        "segmentation": [[c for point in corners for c in point]],
+        "area": w_px * h_px,
+    }
+
+
 def _run_sdk(
     label_config: str, prepared: list[_Prepared], data_keys: list[str], report: ConversionReport
 ) -> dict[str, Any]:
@@ -348,6 +377,7 @@ def _renumber(
         for ann, result, score in zip(anns, item.results, item.scores, strict=True):
             out = {
                 **ann,
+                **_rotated_rectangle(result),
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": ann["category_id"] + shift,

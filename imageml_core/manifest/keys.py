@@ -3,21 +3,24 @@
 Partition keys (the manifest store's ``partition_key``, Dagster run keys):
 
 - ingest: the batch id, ``batch-<16 hex>`` (:func:`imageml_core.discovery.batches.batch_id_for`)
-- augment: ``<batch>@<pipeline>-<hash8>`` (:class:`AugmentKey`): the pipeline's config hash
-  is part of the key, so a new pipeline makes new outputs instead of overwriting old ones
-- normalize: ``<batch>@<tag>|<variant>@<hash12>`` (:class:`NormalizeKey`), ``hash12`` the
+- augment: ``<batch>@<pipeline>-<hash8>[~<ann8>]`` (:class:`AugmentKey`): the pipeline's
+  config hash is part of the key, so a new pipeline makes new outputs instead of
+  overwriting old ones; ``ann8`` is the batch's annotation version (the annotation files
+  its images' folders held, :mod:`imageml_core.manifest.annotation_versions`), absent when there
+  were none, so a new or changed annotation file makes a new annotated version
+- normalize: ``<augment key>|<variant>@<hash12>`` (:class:`NormalizeKey`), ``hash12`` the
   start of the variant's ``normalization_policy_hash``
 
 Storage layout (README "Conventions", spec 001 for ``normalized/<variant>/``)::
 
     BRONZE_URI/manifests/ingest/<batch>.json
-    BRONZE_URI/unzipped/<zip key>/<member>
+    BRONZE_URI/unzipped/<zip key as one segment: / and % escaped>/<member>
     AUGMENTED_URI/images/<tag>/<source bucket>/<source key>/aug-<k>.jpg
-    AUGMENTED_URI/annotations/<tag>/<batch>.coco.json | .label_studio.json
-    AUGMENTED_URI/manifests/augment/<batch>@<tag>.json
+    AUGMENTED_URI/annotations/<tag>/<batch>[~<ann8>].coco.json | .label_studio.json
+    AUGMENTED_URI/manifests/augment/<augment key>.json
     NORMALIZED_URI/normalized/<variant>/<hash12>/<source bucket>/<source key>[.jpg]
-    NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<batch>@<tag>.coco.json | .label_studio.json
-    NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<batch>@<tag>.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<augment key>.coco.json | .label_studio.json
+    NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<augment key>.json
 
 An output key that would pass S3's 1,024-byte limit takes the form
 ``<prefix>/_long/<32 hex>/<end of the name>`` instead (:func:`bounded`).
@@ -68,23 +71,45 @@ def augment_tag(pipeline_name: str, config_hash: str) -> str:
     return f"{pipeline_name}-{config_hash[:TAG_HASH_CHARS]}"
 
 
+#: Characters of an annotation version in an augment key.
+ANNOTATION_VERSION_CHARS = 8
+
+
 @dataclass(frozen=True, order=True)
 class AugmentKey:
-    """The augment step's partition: one ingest batch under one augmentation config."""
+    """The augment step's partition: one ingest batch under one augmentation config and
+    one annotation version (``annotations``: :data:`ANNOTATION_VERSION_CHARS` hex, or empty
+    when no annotation file applies to the batch)."""
 
     batch_id: str
     tag: str
+    annotations: str = ""
 
     def __str__(self) -> str:
-        return f"{self.batch_id}@{self.tag}"
+        suffix = f"~{self.annotations}" if self.annotations else ""
+        return f"{self.batch_id}@{self.tag}{suffix}"
+
+    @property
+    def name(self) -> str:
+        """``<batch>[~<ann8>]``: the batch as file names under a tag's folder spell it."""
+        return f"{self.batch_id}~{self.annotations}" if self.annotations else self.batch_id
 
     @classmethod
     def parse(cls, key: str) -> AugmentKey:
-        """Raises :class:`InvalidPartitionKey` unless ``key`` is ``<batch>@<tag>``."""
+        """Raises :class:`InvalidPartitionKey` unless ``key`` is ``<batch>@<tag>[~<ann8>]``."""
         batch_id, sep, tag = key.partition("@")
-        if not (sep and batch_id and tag):
-            raise InvalidPartitionKey(f"{key!r} is not an augment partition <batch>@<tag>")
-        return cls(batch_id, tag)
+        tag, tilde, annotations = tag.rpartition("~") if "~" in tag else (tag, "", "")
+        if not (sep and batch_id and tag) or (
+            tilde
+            and not (
+                len(annotations) == ANNOTATION_VERSION_CHARS
+                and all(c in "0123456789abcdef" for c in annotations)
+            )
+        ):
+            raise InvalidPartitionKey(
+                f"{key!r} is not an augment partition <batch>@<tag>[~<annotation version>]"
+            )
+        return cls(batch_id, tag, annotations)
 
 
 @dataclass(frozen=True, order=True)
@@ -101,11 +126,17 @@ class NormalizeKey:
     tag: str
     variant: str
     policy_hash: str
+    annotations: str = ""
 
     @property
     def augment(self) -> AugmentKey:
         """The augment partition whose shard this normalizes."""
-        return AugmentKey(self.batch_id, self.tag)
+        return AugmentKey(self.batch_id, self.tag, self.annotations)
+
+    @classmethod
+    def of(cls, augment: AugmentKey, variant: str, policy_hash: str) -> NormalizeKey:
+        """The key of ``variant`` of ``augment``'s shard."""
+        return cls(augment.batch_id, augment.tag, variant, policy_hash, augment.annotations)
 
     def __str__(self) -> str:
         return f"{self.augment}|{self.variant}@{self.policy_hash[:POLICY_HASH_CHARS]}"
@@ -126,7 +157,7 @@ class NormalizeKey:
             raise InvalidPartitionKey(
                 f"{key!r} is not a normalize partition <batch>@<tag>|<variant>@<hash12>"
             ) from None
-        return cls(augment.batch_id, augment.tag, variant, policy_hash)
+        return cls.of(augment, variant, policy_hash)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -135,10 +166,21 @@ def ingest_manifest_uri(bronze_uri: S3Uri, batch_id: str) -> S3Uri:
     return bronze_uri.join("manifests", "ingest", f"{batch_id}.json")
 
 
+def _one_segment(text: str) -> str:
+    """``text`` as one key segment, one-to-one: ``%`` and ``/`` percent-encoded, and
+    ``_long`` written ``%5Flong`` so that it cannot pose as a hashed key (:func:`bounded`)."""
+    out = text.replace("%", "%25").replace("/", "%2F")
+    return "%5Flong" if out == "_long" else out
+
+
 def unzipped_member_uri(bronze_uri: S3Uri, zip_key: str, member: str) -> S3Uri:
-    """Where an extracted ZIP member lives; ``zip_key`` is the archive's key relative to
-    ``RAW_URI``, ``member`` the member's name in the archive (:func:`bounded`)."""
-    return bounded(bronze_uri.join("unzipped"), f"{zip_key}/{member}")
+    """Where an extracted ZIP member lives: ``BRONZE_URI/unzipped/<zip key>/<member>`` with
+    the archive's key (relative to ``RAW_URI``) as *one* segment (``photos%2Fday1.zip``).
+
+    With the key's ``/`` kept, archive ``c.zip`` holding ``d.zip/e.jpg`` and archive
+    ``c.zip/d.zip`` holding ``e.jpg`` would land on the same key; as one segment, distinct
+    (archive, member) pairs always give distinct keys (:func:`bounded` for long ones)."""
+    return bounded(bronze_uri.join("unzipped"), f"{_one_segment(zip_key)}/{member}")
 
 
 def archive_member_ref(zip_uri: str, member: str, occurrence: int = 1) -> str:
@@ -146,21 +188,27 @@ def archive_member_ref(zip_uri: str, member: str, occurrence: int = 1) -> str:
 
     A ZIP can hold one name several times; occurrence ``n`` > 1 (in archive order) is
     ``...#dir/x.jpg#n``. ``%`` and ``#`` in the name are percent-encoded (``%25``, ``%23``)
-    so that no name can pose as another's occurrence: every ref is unique."""
+    so that no name can pose as another's occurrence. A name longer than
+    :data:`MAX_KEY_BYTES` (ZIP allows 64 KiB; a database index does not) becomes
+    ``#%long/<32 hex of SHA-256(name)>/<its last 200 bytes>`` (a bare ``%`` never comes
+    from a real name, whose ``%`` is ``%25``): every ref stays unique and bounded."""
     name = member.replace("%", "%25").replace("#", "%23")
+    if len(name.encode()) > MAX_KEY_BYTES:
+        digest = hashlib.sha256(member.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        name = f"%long/{digest}/{tail_bytes(name, LONG_NAME_BYTES)}"
     return f"{zip_uri}#{name}" if occurrence == 1 else f"{zip_uri}#{name}#{occurrence}"
 
 
 # --------------------------------------------------------------------------- augment
 def augment_manifest_uri(augmented_uri: S3Uri, key: AugmentKey) -> S3Uri:
-    """``AUGMENTED_URI/manifests/augment/<batch>@<tag>.json``: an augment partition's manifest."""
+    """``AUGMENTED_URI/manifests/augment/<augment key>.json``: an augment partition's manifest."""
     return augmented_uri.join("manifests", "augment", f"{key}.json")
 
 
 def augment_annotation_uris(augmented_uri: S3Uri, key: AugmentKey) -> tuple[S3Uri, S3Uri]:
     """(COCO, Label Studio) JSON of an augment partition."""
     base = augmented_uri.join("annotations", key.tag)
-    return base.join(f"{key.batch_id}.coco.json"), base.join(f"{key.batch_id}.label_studio.json")
+    return base.join(f"{key.name}.coco.json"), base.join(f"{key.name}.label_studio.json")
 
 
 def augmented_image_uri(augmented_uri: S3Uri, tag: str, source: S3Uri, copy: int) -> S3Uri:
@@ -198,7 +246,7 @@ def normalized_image_uri(base: S3Uri, source: S3Uri) -> S3Uri:
 
 
 def normalize_manifest_uri(base: S3Uri, key: NormalizeKey) -> S3Uri:
-    """``<variant base>/manifests/<batch>@<tag>.json`` (``base`` from :func:`variant_base`)."""
+    """``<variant base>/manifests/<augment key>.json`` (``base`` from :func:`variant_base`)."""
     return base.join("manifests", f"{key.augment}.json")
 
 

@@ -78,14 +78,15 @@ class LedgerSql(SqlBase):
             return [ledger_record(r) for r in conn.execute(q.order_by(c.object_uri))]
 
     def processed_under(self, step: Step, uri_prefix: str) -> list[LedgerRecord]:
-        """``LIKE <prefix>%`` with ``%``, ``_`` and ``\\`` in the prefix escaped; ordered by URI."""
+        """``LIKE <prefix>%`` with ``%``, ``_`` and ``\\`` in the prefix escaped; ordered by URI,
+        then oldest first (a replaced object's revisions in the order they were recorded)."""
         c = t.processed_objects.c
         escaped = uri_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         q = (
             sa.select(*LEDGER_COLUMNS)
             .where(c.stage == step.stage, c.step == step.name)
             .where(c.object_uri.like(escaped + "%", escape="\\"))
-            .order_by(c.object_uri)
+            .order_by(c.object_uri, c.id)
         )
         with self.engine.connect() as conn:
             return [ledger_record(r) for r in conn.execute(q)]

@@ -41,6 +41,7 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.exceptions import NotFoundError as ObstoreNotFound
 from obstore.store import S3Store
 
+from imageml_core.executors import interruptible
 from imageml_core.retry import call_with_retries
 from imageml_core.uris import S3Uri
 
@@ -565,5 +566,5 @@ class ObjectStore:
     def _parallel(self, fn: Callable, jobs: list) -> list:
         if len(jobs) <= 1:
             return [fn(job) for job in jobs]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
+        with interruptible(ThreadPoolExecutor(min(self.max_concurrency, len(jobs)))) as pool:
             return list(pool.map(fn, jobs))

@@ -103,3 +103,29 @@ def test_a_run_waiting_on_another_runs_lease_stops_on_sigterm(
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+def test_sigterm_while_setting_up_exits_130_with_a_message(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM before the first run starts (while the definitions load) ends the command
+    with 130 and one line, not Python's default death by signal or click's "Aborted!"."""
+    from click.testing import CliRunner
+
+    import imageml_cli.runner as runner
+    from imageml_cli.main import cli
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+
+    def signalled(*_args: object, **_kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kubectl delete pod` would, mid-set-up
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM was not turned into an interrupt")
+
+    monkeypatch.setattr(runner, "build_definitions", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli, ["run"])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted" in result.output and "Aborted" not in result.output
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back

@@ -3,6 +3,7 @@ of each variant; and the blocking ingest check stopping augmentation of a lossy 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ def test_row_counts_quarantine_tables_and_variant_previews(
     object_store.put_bytes(raw.join("a.jpg"), jpeg_bytes(1, (320, 240)))
     object_store.put_bytes(raw.join("b.jpg"), jpeg_bytes(2, (320, 240)))
     object_store.put_bytes(raw.join("broken.jpg"), b"not an image")
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 320, "height": 240},
+            {"id": 2, "file_name": "ghost.jpg", "width": 320, "height": 240},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 99, "bbox": [1, 1, 9, 9]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9]},
+        ],
+    }
+    object_store.put_bytes(raw.join("coco.json"), json.dumps(coco).encode())
     instance = open_instance(tmp_path / "dagster")
     summary = run_pipeline(settings, instance, until="normalize", echo=lambda _m: None)
     assert not summary.failed
@@ -54,6 +67,18 @@ def test_row_counts_quarantine_tables_and_variant_previews(
 
     (augment,) = _materializations(summary, "augmented_images")
     assert augment["dagster/row_count"] == augment["outputs"] == 2  # light: 1 copy each
+    # What annotation intake reported is in the metadata too (issue 9, part 3).
+    assert augment["annotation_issues"] == 2
+    issues = [tuple(r.data.values()) for r in augment["annotation_issue_list"].records]
+    assert issues == [
+        (
+            str(raw.join("coco.json")),
+            ".annotations[0]",
+            "category_id 99 is not among the categories",
+        ),
+        (str(raw.join("coco.json")), "ghost.jpg", "names no ingested image of the file's folder"),
+    ]
+    assert augment["annotation_version"] != "none"
 
     variants = {m["variant"]: m for m in _materializations(summary, "normalized_variants")}
     assert set(variants) == {"720p", "64x64"}

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from imageml_assets.definitions import build_definitions
-from imageml_cli.recovery import HOST_TAG, PID_TAG, run_tags
+from imageml_cli.recovery import HOST_TAG, PID_TAG, STARTED_TAG, run_tags
 from imageml_cli.runner import open_instance, run_pipeline
 from imageml_core.discovery import DiscoveryCursor, discover
 from imageml_core.settings import Settings
@@ -52,6 +52,11 @@ def test_a_run_left_started_by_a_dead_process_is_marked_failed(
     foreign = instance.create_run_for_job(
         job, status=dg.DagsterRunStatus.STARTED, tags={HOST_TAG: "another-host", PID_TAG: "1"}
     )
+    # A container restarted: the command has the same pid as before, but is another
+    # process (started at another time). The earlier run is dead.
+    reused = instance.create_run_for_job(
+        job, status=dg.DagsterRunStatus.STARTED, tags={**run_tags(), STARTED_TAG: "1"}
+    )
     # What a killed process leaves on the node: its job folders (its finally never ran).
     staging = NvmeStaging(settings.nvme_root)
     left = [
@@ -66,11 +71,13 @@ def test_a_run_left_started_by_a_dead_process_is_marked_failed(
     assert not any(folder.exists() for folder in left)
     assert live.is_dir()  # a live run's folders are its own
     assert "[recovery] removed 2 staging folder(s) of dead runs" in lines
-    status = [instance.get_run_by_id(r.run_id).status for r in (dead, alive, foreign)]  # type: ignore[union-attr]
+    runs = (dead, alive, foreign, reused)
+    status = [instance.get_run_by_id(r.run_id).status for r in runs]  # type: ignore[union-attr]
     assert status == [
         dg.DagsterRunStatus.FAILURE,
         dg.DagsterRunStatus.STARTED,
         dg.DagsterRunStatus.STARTED,  # another host's: not ours to judge (run monitoring's)
+        dg.DagsterRunStatus.FAILURE,
     ]
     assert any(f"run {dead.run_id} was left running by a dead process" in line for line in lines)
     instance.dispose()

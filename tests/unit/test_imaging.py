@@ -129,6 +129,20 @@ def test_palette_with_transparency_and_16_bit_gray(tmp_path: Path) -> None:
     assert tuple(decode_rgb(tmp_path / "g16.png")[0, 0]) == (0xAB, 0xAB, 0xAB)
 
 
+def test_a_grey_or_rgb_png_transparent_colour_is_composited(tmp_path: Path) -> None:
+    # tRNS on a grey or RGB PNG marks one colour transparent, as a palette's does.
+    grey = Image.new("L", (4, 4), 77)
+    grey.putpixel((0, 0), 9)
+    grey.save(tmp_path / "l.png", transparency=9)
+    rgb = Image.new("RGB", (4, 4), (1, 2, 3))
+    rgb.putpixel((0, 0), (9, 9, 9))
+    rgb.save(tmp_path / "rgb.png", transparency=(9, 9, 9))
+    for name, kept in (("l.png", (77, 77, 77)), ("rgb.png", (1, 2, 3))):
+        pixels = decode_rgb(tmp_path / name)
+        assert tuple(pixels[0, 0]) == (255, 255, 255), name
+        assert tuple(pixels[1, 1]) == kept, name
+
+
 def test_what_is_not_an_image_gives_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "x.jpg"
     path.write_bytes(b"plain text")

@@ -3,7 +3,7 @@
 The layout asserted here is README.md "Conventions"::
 
     BRONZE_URI/manifests/ingest/<batch>.json
-    BRONZE_URI/unzipped/<zip key>/<member>
+    BRONZE_URI/unzipped/<zip key as one segment>/<member>
     AUGMENTED_URI/images/<pipeline>-<hash8>/<bucket>/<source key>/aug-<k>.jpg
     AUGMENTED_URI/annotations/<pipeline>-<hash8>/<batch>.coco.json | .label_studio.json
     AUGMENTED_URI/manifests/augment/<batch>@<pipeline>-<hash8>.json
@@ -70,12 +70,35 @@ def test_augment_key_parse_splits_at_first_at_sign() -> None:
     assert AugmentKey.parse("b@t@x") == AugmentKey("b", "t@x")
 
 
-@pytest.mark.parametrize("bad", ["batch-1", "@tag", "batch-1@", "@", ""])
+@pytest.mark.parametrize(
+    "bad", ["batch-1", "@tag", "batch-1@", "@", "", "b@t~", "b@t~xyz", "b@~0123abcd"]
+)
 def test_augment_key_parse_refuses_malformed(bad: str) -> None:
     with pytest.raises(InvalidPartitionKey) as err:
         AugmentKey.parse(bad)
-    assert str(err.value) == f"{bad!r} is not an augment partition <batch>@<tag>"
+    assert str(err.value) == (
+        f"{bad!r} is not an augment partition <batch>@<tag>[~<annotation version>]"
+    )
     assert isinstance(err.value, ValueError)
+
+
+def test_an_annotation_version_is_part_of_the_augment_and_normalize_keys() -> None:
+    key = AugmentKey(BATCH, TAG, "0123abcd")
+    assert str(key) == f"{BATCH}@{TAG}~0123abcd"
+    assert AugmentKey.parse(str(key)) == key
+    assert AugmentKey.parse(f"{BATCH}@{TAG}") == AugmentKey(BATCH, TAG)
+    nkey = NormalizeKey.of(key, "720p", POLICY_HASH)
+    assert str(nkey) == f"{BATCH}@{TAG}~0123abcd|720p@{POLICY_HASH[:12]}"
+    assert NormalizeKey.parse(str(nkey)) == NormalizeKey(
+        BATCH, TAG, "720p", POLICY_HASH[:12], "0123abcd"
+    )
+    # Each annotated version has its own files: the earlier ones stay as they were.
+    base = S3Uri("b", "augmented")
+    assert (
+        augment_annotation_uris(base, key)[0]
+        != augment_annotation_uris(base, AugmentKey(BATCH, TAG))[0]
+    )
+    assert augment_manifest_uri(base, key).key == f"augmented/manifests/augment/{key}.json"
 
 
 def test_normalize_key_str_keeps_twelve_hash_characters() -> None:
@@ -173,10 +196,10 @@ def test_ingest_manifest_uri() -> None:
 def test_unzipped_member_uri() -> None:
     uri = unzipped_member_uri(BRONZE, "2024/trip/photos.zip", "day 1/IMG_0001.JPG")
     assert uri == S3Uri(
-        "lake-bronze", "tiers/bronze/unzipped/2024/trip/photos.zip/day 1/IMG_0001.JPG"
+        "lake-bronze", "tiers/bronze/unzipped/2024%2Ftrip%2Fphotos.zip/day 1/IMG_0001.JPG"
     )
     assert str(uri) == (
-        "s3://lake-bronze/tiers/bronze/unzipped/2024/trip/photos.zip/day 1/IMG_0001.JPG"
+        "s3://lake-bronze/tiers/bronze/unzipped/2024%2Ftrip%2Fphotos.zip/day 1/IMG_0001.JPG"
     )
 
 
@@ -311,7 +334,7 @@ def test_layout_matches_readme_conventions() -> None:
         str(normalize_manifest_uri(base, nkey)),
     ] == [
         f"{b}/manifests/ingest/{BATCH}.json",
-        f"{b}/unzipped/in/x.zip/m/y.jpg",
+        f"{b}/unzipped/in%2Fx.zip/m/y.jpg",
         f"{a}/images/default-abcdef01/raw-photos/in/cat.png/aug-2.jpg",
         f"{a}/annotations/default-abcdef01/{BATCH}.coco.json",
         f"{a}/annotations/default-abcdef01/{BATCH}.label_studio.json",
@@ -321,3 +344,20 @@ def test_layout_matches_readme_conventions() -> None:
         f"{n}/normalized/720p/0123456789ab/annotations/{BATCH}@default-abcdef01.label_studio.json",
         f"{n}/normalized/720p/0123456789ab/manifests/{BATCH}@default-abcdef01.json",
     ]
+
+
+def test_distinct_archive_members_never_share_an_unzipped_key() -> None:
+    # c.zip holding d.zip/e.jpg, and c.zip/d.zip holding e.jpg (both legal in S3).
+    one = unzipped_member_uri(BRONZE, "c.zip", "d.zip/e.jpg")
+    two = unzipped_member_uri(BRONZE, "c.zip/d.zip", "e.jpg")
+    assert one != two
+    assert two.key.endswith("unzipped/c.zip%2Fd.zip/e.jpg")
+    # An archive stored at a key like a hashed output's cannot pose as one.
+    long_member = "/".join(["d" * 200] * 6) + "/pic.jpg"
+    hashed = unzipped_member_uri(BRONZE, "x.zip", long_member)
+    assert "/_long/" in hashed.key
+    digest = hashed.key.split("/_long/", 1)[1].split("/", 1)[0]
+    tail = hashed.key.split("/_long/", 1)[1]  # "<hex>/<end of the name>"
+    posing = unzipped_member_uri(BRONZE, "_long", tail)  # an archive stored at key "_long"
+    assert posing != hashed and "/unzipped/%5Flong/" in posing.key
+    assert unzipped_member_uri(BRONZE, f"_long/{digest}", "pic.jpg") != hashed

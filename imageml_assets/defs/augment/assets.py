@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from imageml_assets.metadata import quarantine_table
+from imageml_assets.metadata import annotation_issue_table, quarantine_table
 from imageml_assets.partitions import ingest_batches
 from imageml_assets.stage_images import stage_op_tags
 from imageml_core.manifest.documents import AugmentChecks
@@ -91,7 +91,9 @@ def build_augmented_images(settings: Settings) -> dg.AssetsDefinition:
             manifest=manifest_store.get_store(),
             pipeline=augmentation.get_pipeline(),
             config=AugmentConfig(
-                augmented_uri=layout.uri("augmented"), dataset_name=layout.dataset_name
+                augmented_uri=layout.uri("augmented"),
+                dataset_name=layout.dataset_name,
+                max_image_pixels=layout.max_image_pixels,
             ),
             run_id=context.run_id,
             log_fn=context.log.info,
@@ -104,6 +106,8 @@ def build_augmented_images(settings: Settings) -> dg.AssetsDefinition:
         }
         if result.checks.quarantined:
             metadata["quarantined"] = quarantine_table(result.checks.quarantined.items())
+        if result.annotation_issues:
+            metadata["annotation_issue_list"] = annotation_issue_table(result.annotation_issues)
         return dg.MaterializeResult(metadata=metadata, check_results=check_results(result.checks))
 
     return augmented_images

@@ -38,7 +38,7 @@ def build_augmented_batches_sensor(job: Any) -> dg.SensorDefinition:
             if augmented.tag != tag:
                 continue  # made by another augmentation config than the current one
             for v in policy.variants:
-                key = NormalizeKey(augmented.batch_id, tag, v.name, policy.variant_hash(v))
+                key = NormalizeKey.of(augmented, v.name, policy.variant_hash(v))
                 requests.append(
                     dg.RunRequest(
                         run_key=str(key),

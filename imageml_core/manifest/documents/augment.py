@@ -295,4 +295,10 @@ class AugmentManifest(StageDocument):
         ]
 
     def edges(self) -> list[LineageEdge]:
-        return [LineageEdge(o.source_uri, o.uri, AUGMENT) for o in self.outputs]
+        """Source -> copy for every copy, and annotation input -> the partition's COCO and
+        Label Studio files (which hold that annotation version's regions)."""
+        inputs = [str(i["uri"]) for i in self.annotations.inputs or ()]
+        outputs = (self.annotations.coco_uri, self.annotations.label_studio_uri)
+        return [LineageEdge(o.source_uri, o.uri, AUGMENT) for o in self.outputs] + [
+            LineageEdge(i, out, AUGMENT) for i in inputs for out in outputs
+        ]

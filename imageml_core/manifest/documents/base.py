@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -49,7 +49,12 @@ class AnnotationFiles:
     """A stage's annotation outputs (COCO and Label Studio JSON) and how they were made.
 
     ``annotation_format`` is the format the regions were converted from, ``intake`` the
-    annotation-intake report (augment only; None elsewhere).
+    annotation-intake report (augment only; None elsewhere); ``category_ids`` the COCO
+    category id of each label in ``coco_uri`` (the user's own class ids where their COCO
+    files gave them; later stages keep them); ``annotation_version`` the annotation
+    version the regions come from (empty: no annotation file applied) and ``inputs`` the
+    annotation files and labelling configs that make it (``uri``, ``etag``, ``sha256``,
+    ``kind``; augment only).
     """
 
     coco_uri: str
@@ -58,6 +63,9 @@ class AnnotationFiles:
     conversion_parameters: Mapping[str, Any]
     annotation_format: str | None = None
     intake: Mapping[str, Any] | None = None
+    category_ids: Mapping[str, int] | None = None
+    annotation_version: str | None = None
+    inputs: Sequence[Mapping[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -72,6 +80,9 @@ class AnnotationFiles:
             conversion_parameters=read_field(doc, "conversion_parameters", dict, what),
             annotation_format=doc.get("annotation_format"),
             intake=doc.get("intake"),
+            category_ids=doc.get("category_ids"),
+            annotation_version=doc.get("annotation_version"),
+            inputs=doc.get("inputs"),
         )
 
 

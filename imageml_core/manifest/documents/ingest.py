@@ -19,7 +19,7 @@ from imageml_core.manifest.interface import (
 )
 
 # Ledger ``kind`` of an ingested object: "image" (raw), "annotation" (a JSON file),
-# "archive" (a ZIP), "archive_member" (extracted to BRONZE_URI/unzipped/ or refused),
+# "label_config" (a folder's label_config.xml, README "Annotations"), "archive" (a ZIP), "archive_member" (extracted to BRONZE_URI/unzipped/ or refused),
 # "unknown" (could not even be staged) or "other" (skipped by rule: hidden file, folder
 # marker).
 IMAGE_KINDS = frozenset({"image", "archive_member"})
@@ -224,6 +224,11 @@ class IngestedObject:
         """True for a JSON annotation file (kind ``annotation``)."""
         return self.kind == "annotation"
 
+    @property
+    def is_label_config(self) -> bool:
+        """True for a folder's Label Studio labelling config (kind ``label_config``)."""
+        return self.kind == "label_config"
+
     @classmethod
     def from_record(cls, record: LedgerRecord) -> IngestedObject:
         """Raises :class:`DocumentError` for a record that is not an ok ingest entry."""
@@ -251,9 +256,12 @@ def ingested_objects(ledger: Ledger, batch_id: str) -> list[IngestedObject]:
 
 def ingested_under(ledger: Ledger, folder: str) -> list[IngestedObject]:
     """The ok ingested objects directly in ``folder`` (an ``s3://bucket/prefix`` without
-    the trailing slash), from every batch; URI order."""
-    return [
-        IngestedObject.from_record(r)
+    the trailing slash), from every batch; URI order. Of an object ingested in several
+    revisions (replaced under the same key) only the latest counts: when that one was
+    quarantined, the object is left out."""
+    latest = {
+        r.uri: r
         for r in ledger.processed_under(INGEST, folder + "/")
-        if r.ok and r.uri.rsplit("/", 1)[0] == folder
-    ]
+        if r.uri.rsplit("/", 1)[0] == folder
+    }
+    return [IngestedObject.from_record(r) for r in latest.values() if r.ok]

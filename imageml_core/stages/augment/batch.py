@@ -22,11 +22,13 @@ from imageml_core.annotations.coco import AnnotatedImage, coco_document
 from imageml_core.annotations.intake import (
     ImageRef,
     IntakeReport,
+    LabelConfig,
     collect_annotations,
     folder_of,
 )
 from imageml_core.annotations.regions import Region
-from imageml_core.imaging import UndecodableImage, decode_rgb
+from imageml_core.imaging import DEFAULT_MAX_IMAGE_PIXELS, UndecodableImage, decode_rgb
+from imageml_core.manifest.annotation_versions import FolderContents, folder_contents
 from imageml_core.manifest.documents import (
     AnnotationFiles,
     AugmentChecks,
@@ -39,7 +41,6 @@ from imageml_core.manifest.documents import (
     PipelineInfo,
     QuarantinedSource,
     ingested_objects,
-    ingested_under,
 )
 from imageml_core.manifest.interface import AUGMENT, ManifestStore
 from imageml_core.manifest.keys import (
@@ -64,10 +65,13 @@ from imageml_core.uris import S3Uri, parse_s3_uri
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Where augmented outputs go, and the dataset their manifests are recorded under."""
+    """Where augmented outputs go, the dataset their manifests are recorded under, and
+    ``MAX_IMAGE_PIXELS`` (the limit ingest applied, so an image it let through decodes
+    here too)."""
 
     augmented_uri: S3Uri
     dataset_name: str
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -80,11 +84,16 @@ class AugmentResult:
     totals: AugmentTotals = field(default_factory=AugmentTotals)
     checks: AugmentChecks | None = None
     objects_written: int = 0
+    #: What annotation intake reported, as (file, record, reason) rows (computed runs only;
+    #: the manifest's ``annotations.intake`` keeps them for good).
+    annotation_issues: list[tuple[str, str, str]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
         """Flat metadata for the Dagster materialization."""
         return {
             "partition": self.partition,
+            "annotation_version": AugmentKey.parse(self.partition).annotations or "none",
+            "annotation_issues": len(self.annotation_issues),
             "manifest_uri": self.manifest_uri,
             "already_published": self.already_published,
             "objects_written": self.objects_written,
@@ -118,7 +127,9 @@ def augment_batch(
     """Augment one ingested batch and publish it. Raises the object store's errors for a
     failed transfer and :class:`~imageml_core.storage.staging.InsufficientStagingSpace`
     before staging; an image that does not decode raises ``ValueError`` (ingest verified it)."""
-    key = AugmentKey(batch_id, pipeline.tag)
+    images = [o for o in ingested_objects(manifest, batch_id) if o.is_image]
+    folders = folder_contents(manifest, images)
+    key = AugmentKey(batch_id, pipeline.tag, folders.version)
     manifest_uri = augment_manifest_uri(config.augmented_uri, key)
     if (record := published(manifest, AUGMENT, str(key))) is not None:
         log_fn(f"{key}: already published; nothing to do")
@@ -126,16 +137,30 @@ def augment_batch(
         return AugmentResult(
             str(key), str(record.manifest_uri), True, summary.totals, summary.checks
         )
-    images = [o for o in ingested_objects(manifest, batch_id) if o.is_image]
-    folders = _folders(manifest, images)
+    if folders.version:
+        log_fn(
+            f"{key}: annotation version {folders.version} "
+            f"({len(folders.inputs)} annotation file(s) in the images' folders)"
+        )
     with staging.job("augment", batch_id, run_id) as job:
         staged, left_out = _stage(
-            store, staging, job, images, folders.annotation_files, key, log_fn
+            store,
+            staging,
+            job,
+            images,
+            [*folders.annotation_files, *folders.label_configs],
+            key,
+            log_fn,
         )
         regions_by_uri, intake = collect_annotations(
             [ImageRef(i.uri, i.width or 0, i.height or 0) for i in images],
             [(o.uri, staged[o.uri].path) for o in folders.annotation_files if o.uri in staged],
             folder_images=folders.images,
+            label_configs={
+                folder_of(o.uri): LabelConfig(o.uri, staged[o.uri].path.read_text("utf-8"))
+                for o in folders.label_configs
+                if o.uri in staged
+            },
         )
         image_uris = {i.uri for i in images}
         intake.files += [{"uri": u, "error": r} for u, r in left_out.items() if u not in image_uris]
@@ -144,7 +169,7 @@ def augment_batch(
         for uri, reason in made.quarantined.items():
             log_fn(f"{key}: quarantined {uri}: {reason}")
         document, coco, ls_tasks = _document(
-            key, config, pipeline, images, regions_by_uri, made, intake
+            key, config, pipeline, images, regions_by_uri, made, intake, folders
         )
         coco_uri, ls_uri = augment_annotation_uris(config.augmented_uri, key)
         written = publish_partition(
@@ -158,28 +183,14 @@ def augment_batch(
         )
     log_fn(f"{key}: {document.totals.to_json()}")
     return AugmentResult(
-        str(key), str(manifest_uri), False, document.totals, document.checks, written
+        str(key),
+        str(manifest_uri),
+        False,
+        document.totals,
+        document.checks,
+        written,
+        intake.issues(),
     )
-
-
-@dataclass
-class _Folders:
-    """Every ingested image of the folders a batch touches (any batch), by folder, and the
-    annotation files found there."""
-
-    images: dict[str, list[ImageRef]] = field(default_factory=dict)
-    annotation_files: list[IngestedObject] = field(default_factory=list)
-
-
-def _folders(manifest: ManifestStore, images: Sequence[IngestedObject]) -> _Folders:
-    out = _Folders()
-    for folder in sorted({folder_of(i.uri) for i in images}):
-        objects = ingested_under(manifest, folder)
-        out.images[folder] = [
-            ImageRef(o.uri, o.width or 0, o.height or 0) for o in objects if o.is_image
-        ]
-        out.annotation_files += [o for o in objects if o.is_annotation_file]
-    return out
 
 
 def _stage(
@@ -221,7 +232,7 @@ def _augment_all(
             continue  # left out at staging (gone or changed): quarantined by the caller
         source = parse_s3_uri(image.uri)
         try:
-            pixels = decode_rgb(staged[image.uri].path)
+            pixels = decode_rgb(staged[image.uri].path, max_pixels=config.max_image_pixels)
         except UndecodableImage as exc:
             # Ingest verified it, so the object changed or the decoder disagrees: this
             # source is left out with the reason; the batch goes on.
@@ -310,10 +321,12 @@ def _document(
     regions_by_uri: dict[str, list[Region]],
     made: _Augmented,
     intake: IntakeReport,
+    folders: FolderContents,
 ) -> tuple[AugmentManifest, dict[str, Any], list[dict[str, Any]]]:
     """The manifest, and the COCO document and Label Studio tasks of the outputs."""
     coco = coco_document(
-        [AnnotatedImage(o.uri, o.width, o.height, o.regions) for o in made.outputs]
+        [AnnotatedImage(o.uri, o.width, o.height, o.regions) for o in made.outputs],
+        intake.category_ids,
     )
     ls_tasks, ls_report = coco_to_ls(coco, image_ref=lambda name: name)
     categories = [c["name"] for c in coco["categories"]]
@@ -340,6 +353,9 @@ def _document(
             conversion_parameters=ls_report.conversion_parameters,
             annotation_format="coco",
             intake=intake.as_dict(),
+            category_ids={c["name"]: c["id"] for c in coco["categories"]},
+            annotation_version=key.annotations,
+            inputs=folders.inputs_json(),
         ),
         checks=checks,
         sources=tuple(

@@ -9,8 +9,8 @@ Declared sizes are not trusted: extraction stops reading past the declared size.
 
 from __future__ import annotations
 
+import errno
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ MAX_MEMBER_BYTES = 512 * 1024 * 1024
 MAX_TOTAL_BYTES = 8 * 1024**3
 MAX_COMPRESSION_RATIO = 200  # real images barely compress; text-like members over this are bombs
 _READ = 1024 * 1024
+#: Errors of the staging disk (not of the archive): they fail the batch so a retry can work.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 class InvalidArchive(ValueError):
@@ -75,8 +77,11 @@ def expand_zip(
     are refused with that reason."""
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidArchive(f"not a valid ZIP archive: {exc}") from exc
+    except OSError:
+        raise  # the staging disk, not the archive: the batch fails and a retry can succeed
+    except Exception as exc:  # BadZipFile, and what zipfile raises on hostile directories
+        # (UnicodeDecodeError for a name flagged UTF-8 that is not, ValueError, ...)
+        raise InvalidArchive(f"not a valid ZIP archive: {type(exc).__name__}: {exc}") from exc
     limits = _Limits(max_members, max_member_bytes, max_total_bytes)
     results: list[ArchiveMember] = []
     seen: dict[str, int] = {}
@@ -89,14 +94,14 @@ def expand_zip(
             )
         # sorted() is stable: members of one name stay in archive order.
         for n, info in enumerate(sorted(infos, key=lambda i: i.filename)):
-            if info.is_dir() and info.file_size == 0:
+            if info.filename.endswith("/") and info.file_size == 0:
                 continue  # an empty directory entry carries nothing to record
             occurrence = seen[info.filename] = seen.get(info.filename, 0) + 1
             refused = _refusal(info, occurrence, total, limits)
             if refused is not None:
                 results.append(refused)
                 continue
-            member = _extract(zf, info, dest / f"{n:05d}")
+            member = _extract(zf, info, dest / f"{n:05d}", occurrence)
             if member.path is not None:
                 total += member.size
             results.append(member)
@@ -113,12 +118,14 @@ def _refusal(
     def refuse(reason: str, status: str = "refused") -> ArchiveMember:
         return ArchiveMember(name, size, None, status, reason, occurrence)
 
+    if not name:
+        return refuse("empty member name")
     base = name.rsplit("/", 1)[-1]
     if name.startswith("__MACOSX/") or base.startswith("._") or base in (".DS_Store", "Thumbs.db"):
         return refuse("operating-system metadata file", "skipped")
     if occurrence > 1:
         return refuse(f"duplicate member name (occurrence {occurrence}; the first is extracted)")
-    if info.is_dir():
+    if name.endswith("/"):
         # A name ending in "/" is a directory to every unzip tool: its bytes have no file
         # name to go to. Refused, with the size, rather than dropped unseen.
         return refuse(f"directory entry carrying {size} bytes of data")
@@ -138,9 +145,14 @@ def _refusal(
     return None
 
 
-def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, directory: Path) -> ArchiveMember:
-    """Extract one member into ``directory``; any failure refuses this member only.
-    Declared sizes are not trusted: reading stops past the declared size."""
+def _extract(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, directory: Path, occurrence: int
+) -> ArchiveMember:
+    """Extract one member into ``directory``; any failure refuses this member only (a
+    compression method zipfile lacks, e.g. Deflate64 as Windows writes it, corrupt LZMA or
+    bzip2 data, a bad CRC, ...). Declared sizes are not trusted: reading stops past the
+    declared size. A failure of the staging disk itself (``OSError`` on our side of the
+    copy) fails the batch: a retry can succeed."""
     name = info.filename
     target = directory / (tail_bytes(name.rsplit("/", 1)[-1], MAX_LOCAL_NAME_BYTES) or "member")
     written = 0
@@ -152,7 +164,10 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, directory: Path) -> Arc
                 if written > info.file_size:
                     raise InvalidArchive("member is larger than its header declares")
                 out.write(chunk)
-    except (zipfile.BadZipFile, InvalidArchive, OSError, EOFError, zlib.error) as exc:
+    except Exception as exc:
         target.unlink(missing_ok=True)
-        return ArchiveMember(name, info.file_size, None, "refused", f"cannot extract: {exc}")
-    return ArchiveMember(name, written, target, "extracted")
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            raise
+        reason = f"cannot extract: {type(exc).__name__}: {exc}"
+        return ArchiveMember(name, info.file_size, None, "refused", reason, occurrence)
+    return ArchiveMember(name, written, target, "extracted", None, occurrence)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageml_core.executors import interruptible
 from imageml_core.manifest.documents import (
     IngestCounts,
     IngestEntry,
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Checkpoint of examined images and annotation files, reused by a retry of the batch.
 CHECKPOINT_EXAMINED = "examined"
-_REUSABLE_KINDS = ("image", "annotation")
+_REUSABLE_KINDS = ("image", "annotation", "label_config")
 
 
 class UnknownBatch(LookupError):
@@ -223,7 +224,7 @@ def _stage_and_examine(
         work_dir=staging.area("work", job),
         max_image_pixels=config.max_image_pixels,
     )
-    with ThreadPoolExecutor(max_workers=max(1, config.verify_workers)) as pool:
+    with interruptible(ThreadPoolExecutor(max_workers=max(1, config.verify_workers))) as pool:
         for result in pool.map(examiner, staged):
             out.entries.extend(result.entries)
             out.uploads.extend(result.uploads)

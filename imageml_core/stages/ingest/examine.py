@@ -11,11 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imageml_core.annotations.config import LABEL_CONFIG_NAME
 from imageml_core.manifest.documents import IngestEntry
 from imageml_core.manifest.interface import STATUS_OK, STATUS_QUARANTINED, STATUS_SKIPPED
 from imageml_core.manifest.keys import archive_member_ref, unzipped_member_uri
 from imageml_core.stages.ingest.archives import ArchiveMember, InvalidArchive, expand_zip, is_zip
-from imageml_core.stages.ingest.verify import ImageCheck, check_annotation_file, verify_image
+from imageml_core.stages.ingest.verify import (
+    ImageCheck,
+    check_annotation_file,
+    check_label_config,
+    verify_image,
+)
 from imageml_core.storage.paths import staged_name
 from imageml_core.storage.staging import StagedObject
 from imageml_core.uris import S3Uri
@@ -70,7 +76,8 @@ class Examiner:
     max_image_pixels: int
 
     def __call__(self, obj: StagedObject) -> Examined:
-        """One staged object: ``.json`` -> annotation file, ZIP -> archive, else image.
+        """One staged object: ``.json`` -> annotation file, ``label_config.xml`` -> the
+        folder's labelling config, ZIP -> archive, else image.
 
         A failure of this node (``OSError``: the staging disk) is raised so the batch
         fails and a retry can succeed; any other exception is about this object's content
@@ -89,6 +96,9 @@ class Examiner:
         if path.suffix.lower() == ".json":
             check = check_annotation_file(path)
             kind = "annotation"
+        elif info.uri.key.rsplit("/", 1)[-1] == LABEL_CONFIG_NAME:
+            check = check_label_config(path)
+            kind = "label_config"
         elif is_zip(path):
             return self._archive(obj)
         else:

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "ImageCheck",
     "check_annotation_file",
+    "check_label_config",
     "verification_policy_hash",
     "verify_image",
 ]
@@ -141,6 +142,20 @@ def check_annotation_file(path: Path) -> ImageCheck:
         False,
         "JSON is neither a Label Studio export (a list of tasks) nor COCO (images + annotations)",
     )
+
+
+def check_label_config(path: Path) -> ImageCheck:
+    """A ``label_config.xml`` under the raw prefix is the labelling config of the Label
+    Studio exports in its folder: it must be UTF-8 and parse as one
+    (:func:`~imageml_core.annotations.config.label_config_problem`)."""
+    from imageml_core.annotations.config import label_config_problem
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ImageCheck(False, f"labelling config is not UTF-8 text: {exc}")
+    problem = label_config_problem(text)
+    return ImageCheck(problem is None, problem, format="label_studio_config")
 
 
 def verification_policy_hash(max_image_pixels: int) -> str:

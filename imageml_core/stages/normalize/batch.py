@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imageml_core.annotations.regions import Region
+from imageml_core.executors import interruptible
 from imageml_core.manifest.documents import NormalizedOutput
 from imageml_core.manifest.keys import normalized_image_uri, variant_base
 from imageml_core.stages.normalize.image import (
@@ -217,8 +218,8 @@ def compute_batch(
             log_fn(f"{batch_id}: {message}")
 
         with (
-            ProcessPoolExecutor(workers) as pool,
-            ThreadPoolExecutor(store.max_concurrency) as uploader,
+            interruptible(ProcessPoolExecutor(workers)) as pool,
+            interruptible(ThreadPoolExecutor(store.max_concurrency)) as uploader,
         ):
             pending = _submit(pool, store, staging, job, infos, policy, workers, failures, by_uri)
             uploads = _collect(pending, uploader, store, policy, normalized_uri, infos, result, log)
@@ -253,7 +254,7 @@ def _submit(
     def stage(part: list[ObjectInfo]) -> list[StagedObject]:
         return staging.stage_in(store, part, job, failures=failures)
 
-    with ThreadPoolExecutor(1) as stager:
+    with interruptible(ThreadPoolExecutor(1)) as stager:
         next_chunk = stager.submit(stage, chunks[0]) if chunks else None
         for n in range(len(chunks)):
             assert next_chunk is not None

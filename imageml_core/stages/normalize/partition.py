@@ -23,6 +23,7 @@ from typing import Any
 
 from imageml_core.annotations import ConversionReport, coco_to_ls
 from imageml_core.annotations.coco import AnnotatedImage, coco_document
+from imageml_core.manifest.annotation_versions import current_augment_key
 from imageml_core.manifest.documents import (
     MAX_FINDINGS,
     AnnotationFiles,
@@ -102,7 +103,8 @@ class VariantsCheckpoint:
 
     ``hashes`` maps variant name -> policy hash the entries were made with; ``sources``
     lists the shard's URIs; ``quarantined`` maps source URI -> reason and
-    ``quarantined_etags`` source URI -> the ETag stage 1 recorded.
+    ``quarantined_etags`` source URI -> the ETag stage 1 recorded; ``category_ids`` the
+    augment manifest's COCO category ids, kept in this stage's COCO files.
     """
 
     hashes: Mapping[str, str]
@@ -110,6 +112,7 @@ class VariantsCheckpoint:
     sources: tuple[str, ...]
     quarantined: Mapping[str, str] = field(default_factory=dict)
     quarantined_etags: Mapping[str, str] = field(default_factory=dict)
+    category_ids: Mapping[str, int] = field(default_factory=dict)
 
     def entries(self, variant: str, policy_hash: str) -> tuple[NormalizedOutput, ...] | None:
         """The variant's entries if they were made with this policy, else None."""
@@ -124,6 +127,7 @@ class VariantsCheckpoint:
             "sources": list(self.sources),
             "quarantined": dict(self.quarantined),
             "quarantined_etags": dict(self.quarantined_etags),
+            "category_ids": dict(self.category_ids),
         }
 
     @classmethod
@@ -137,6 +141,7 @@ class VariantsCheckpoint:
             sources=tuple(doc.get("sources") or ()),
             quarantined=dict(doc.get("quarantined") or {}),
             quarantined_etags=dict(doc.get("quarantined_etags") or {}),
+            category_ids=dict(doc.get("category_ids") or {}),
         )
 
 
@@ -164,7 +169,9 @@ def normalize_partition(
     if variant not in names:
         raise ValueError(f"variant {variant!r} is not in NORMALIZE_SIZES ({', '.join(names)})")
     hashes = {v.name: policy.variant_hash(v) for v in policy.variants}
-    key = NormalizeKey(batch_id, config.augment_tag, variant, hashes[variant])
+    # The shard as it is now: a new annotation version is a new shard to normalize.
+    augment = current_augment_key(manifest, batch_id, config.augment_tag)
+    key = NormalizeKey.of(augment, variant, hashes[variant])
     base = variant_base(config.normalized_uri, variant, hashes[variant])
     manifest_uri = normalize_manifest_uri(base, key)
     coco_uri, ls_uri = normalize_annotation_uris(base, key)
@@ -172,11 +179,12 @@ def normalize_partition(
         log_fn(f"{key}: already published; nothing to do")
         return _recorded_result(key, record.details, str(record.manifest_uri), coco_uri, ls_uri)
     computation = _variants(
-        batch_id, variant, hashes, store, staging, manifest, policy, config, run_id, log_fn
+        augment, variant, hashes, store, staging, manifest, policy, config, run_id, log_fn
     )
     entries = computation.checkpoint.entries(variant, hashes[variant]) or ()
     coco = coco_document(
-        [AnnotatedImage(e.output_uri, e.width, e.height, e.regions) for e in entries]
+        [AnnotatedImage(e.output_uri, e.width, e.height, e.regions) for e in entries],
+        computation.checkpoint.category_ids,
     )
     ls_tasks, ls_report = coco_to_ls(coco, image_ref=lambda name: name)
     document = _document(key, base, config, policy, entries, computation.checkpoint, ls_report)
@@ -232,17 +240,22 @@ class _Computation:
     paths: dict[str, int] | None = None
 
 
-def _checkpoint_name(config: NormalizeConfig) -> str:
-    return f"variants@{config.augment_tag}"
+def _shard_name(augment: AugmentKey) -> str:
+    """``<tag>[~<ann8>]``: names the shard (augmentation and annotation version)."""
+    return str(augment).split("@", 1)[1]
 
 
-def _load(manifest: ManifestStore, batch_id: str, config: NormalizeConfig) -> VariantsCheckpoint:
-    payload = manifest.load_checkpoint(NORMALIZE, batch_id, _checkpoint_name(config))
+def _checkpoint_name(augment: AugmentKey) -> str:
+    return f"variants@{_shard_name(augment)}"
+
+
+def _load(manifest: ManifestStore, augment: AugmentKey) -> VariantsCheckpoint:
+    payload = manifest.load_checkpoint(NORMALIZE, augment.batch_id, _checkpoint_name(augment))
     return VariantsCheckpoint.from_json(payload) if payload else _EMPTY
 
 
 def _variants(
-    batch_id: str,
+    augment: AugmentKey,
     variant: str,
     hashes: dict[str, str],
     store: ObjectStore,
@@ -262,7 +275,8 @@ def _variants(
     a holder that died is replaced at most ``lease_ttl_s`` seconds after its last heartbeat,
     and one that fails gives the lease back, so a retry does not wait at all.
     """
-    ready = _load(manifest, batch_id, config)
+    batch_id = augment.batch_id
+    ready = _load(manifest, augment)
     if ready.entries(variant, hashes[variant]) is not None:
         return _Computation(ready)
     digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
@@ -270,7 +284,7 @@ def _variants(
         manifest,
         NORMALIZE,
         batch_id,
-        f"compute@{config.augment_tag}@{digest}",
+        f"compute@{_shard_name(augment)}@{digest}",
         holder=run_id or f"local-{uuid.uuid4().hex[:8]}",
         ttl_s=config.lease_ttl_s,
     )
@@ -284,19 +298,19 @@ def _variants(
             )
             waiting = True
         time.sleep(config.lease_poll_s)
-        ready = _load(manifest, batch_id, config)
+        ready = _load(manifest, augment)
         if ready.entries(variant, hashes[variant]) is not None:
             return _Computation(ready)
     with lease:
         # The previous holder may have finished between our read and our claim.
-        ready = _load(manifest, batch_id, config)
+        ready = _load(manifest, augment)
         if ready.entries(variant, hashes[variant]) is not None:
             return _Computation(ready)
-        return _compute(batch_id, hashes, store, staging, manifest, policy, config, run_id, log_fn)
+        return _compute(augment, hashes, store, staging, manifest, policy, config, run_id, log_fn)
 
 
 def _compute(
-    batch_id: str,
+    augment: AugmentKey,
     hashes: dict[str, str],
     store: ObjectStore,
     staging: NvmeStaging,
@@ -307,10 +321,10 @@ def _compute(
     log_fn: Callable[[str], None],
 ) -> _Computation:
     """Every variant of the shard, checkpointed for the batch's other partitions."""
-    items = _shard(store, manifest, batch_id, config.augment_tag)
+    items, category_ids = _shard(store, manifest, augment)
     result = compute_batch(
         items,
-        batch_id=batch_id,
+        batch_id=augment.batch_id,
         store=store,
         staging=staging,
         policy=policy,
@@ -325,25 +339,30 @@ def _compute(
         sources=tuple(i.uri for i in items),
         quarantined=result.quarantined,
         quarantined_etags={i.uri: i.etag for i in items if i.uri in result.quarantined},
+        category_ids=category_ids,
     )
-    manifest.save_checkpoint(NORMALIZE, batch_id, _checkpoint_name(config), checkpoint.to_json())
+    manifest.save_checkpoint(
+        NORMALIZE, augment.batch_id, _checkpoint_name(augment), checkpoint.to_json()
+    )
     return _Computation(checkpoint, True, result.written, result.paths)
 
 
 def _shard(
-    store: ObjectStore, manifest: ManifestStore, batch_id: str, tag: str
-) -> list[ShardImage]:
-    """The batch's originals and augmented copies, read through the augment manifest."""
-    record = published(manifest, AUGMENT, str(AugmentKey(batch_id, tag)))
+    store: ObjectStore, manifest: ManifestStore, augment: AugmentKey
+) -> tuple[list[ShardImage], dict[str, int]]:
+    """The batch's originals and augmented copies, read through the augment manifest, and
+    its COCO category ids."""
+    record = published(manifest, AUGMENT, str(augment))
     if record is None:
+        version = f" and annotation version {augment.annotations}" if augment.annotations else ""
         raise AugmentNotPublished(
-            f"batch {batch_id} has no augment manifest for pipeline {tag}; materialize "
-            "augmented_images first"
+            f"batch {augment.batch_id} has no augment manifest for pipeline {augment.tag}"
+            f"{version}; materialize augmented_images first"
         )
     doc = read_document(store, record, AugmentManifest)
     items = [ShardImage(s.uri, s.etag, s.sha256, "original", s.regions) for s in doc.sources]
     items += [ShardImage(o.uri, o.etag, o.sha256, "augmented", o.regions) for o in doc.outputs]
-    return sorted(items, key=lambda i: i.uri)
+    return sorted(items, key=lambda i: i.uri), dict(doc.annotations.category_ids or {})
 
 
 def _document(
@@ -388,6 +407,8 @@ def _document(
             label_studio_uri=str(ls_uri),
             converter_version=ls_report.converter_version,
             conversion_parameters=ls_report.conversion_parameters,
+            category_ids=dict(checkpoint.category_ids),
+            annotation_version=key.annotations,
         ),
         checks=checks,
         quarantined=tuple(

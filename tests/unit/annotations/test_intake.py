@@ -82,3 +82,176 @@ def test_a_file_that_is_not_json_is_reported_not_raised(tmp_path: Path) -> None:
     )
     assert regions == {}
     assert report.files[0]["error"].startswith("JSONDecodeError")
+
+
+def test_a_rotated_rectangle_is_turned_in_pixels_not_percent(tmp_path: Path) -> None:
+    # Issue 9: 1000x800, x=40 %, y=30 %, w=20 %, h=10 %, 30 degrees. The SDK turns it in
+    # percent space and writes [350, 240, 223.2, 149.3]; the enclosing box in pixels is
+    # [360, 240, 213.2, 169.3] and the corners are (400, 240), (573.2, 340),
+    # (533.2, 409.3), (360, 309.3).
+    image = ImageRef(f"{FOLDER}/a.jpg", 1000, 800)
+    result = {
+        "id": "r1",
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": 1000,
+        "original_height": 800,
+        "value": {
+            "x": 40,
+            "y": 30,
+            "width": 20,
+            "height": 10,
+            "rotation": 30,
+            "rectanglelabels": ["car"],
+        },
+    }
+    task = {"id": 1, "data": {"image": "a.jpg"}, "annotations": [{"result": [result]}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps([task]))
+    regions, _ = collect_annotations(
+        [image], [(f"{FOLDER}/ann.json", path)], folder_images={FOLDER: [image]}
+    )
+    (region,) = regions[image.uri]
+    assert [round(v, 1) for v in region.bbox] == [360.0, 240.0, 213.2, 169.3]
+    assert [round(v, 1) for v in region.polygon] == [
+        400.0, 240.0, 573.2, 340.0, 533.2, 409.3, 360.0, 309.3
+    ]  # fmt: skip
+
+
+def test_a_rotated_rectangle_keeps_its_area_and_a_zero_rotation_stays_a_box() -> None:
+    from imageml_core.annotations.ls_to_coco import ls_to_coco
+
+    def task(rotation: float) -> dict:
+        value = {"x": 10, "y": 10, "width": 50, "height": 20, "rotation": rotation}
+        result = {
+            "id": "r1",
+            "type": "rectanglelabels",
+            "from_name": "label",
+            "to_name": "image",
+            "original_width": 200,
+            "original_height": 100,
+            "value": {**value, "rectanglelabels": ["car"]},
+        }
+        return {"id": 1, "data": {"image": "a.jpg"}, "annotations": [{"result": [result]}]}
+
+    config = (
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" '
+        'toName="image"><Label value="car"/></RectangleLabels></View>'
+    )
+    (turned,) = ls_to_coco([task(90)], config)[0]["annotations"]
+    # 100x20 px turned 90 degrees clockwise about (20, 10): x 0..20, y 10..110.
+    assert [round(v, 6) for v in turned["bbox"]] == [0.0, 10.0, 20.0, 100.0]
+    assert turned["area"] == 2000.0
+    (plain,) = ls_to_coco([task(0)], config)[0]["annotations"]
+    assert plain["bbox"] == [20.0, 10.0, 100.0, 20.0] and not plain["segmentation"]
+
+
+def test_coco_category_ids_are_the_users_and_conflicts_are_reported(tmp_path: Path) -> None:
+    # Issue 9: person=1, car=3 must stay person=1, car=3 (not car=1, person=2).
+    from imageml_core.annotations.coco import AnnotatedImage, coco_document
+
+    images = [ImageRef(f"{FOLDER}/a.jpg", 100, 80), ImageRef(f"{FOLDER}/b.jpg", 100, 80)]
+
+    def coco(name: str, categories: list[dict]) -> dict:
+        return {
+            "images": [{"id": 1, "file_name": name, "width": 100, "height": 80}],
+            "categories": categories,
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": c["id"], "bbox": [1, 1, 5, 5]}
+                for c in categories
+            ],
+        }
+
+    first = tmp_path / "1.json"
+    first.write_text(
+        json.dumps(coco("a.jpg", [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}]))
+    )
+    # A second file gives car another id and reuses 3 for a new name: both reported.
+    second = tmp_path / "2.json"
+    second.write_text(
+        json.dumps(coco("b.jpg", [{"id": 7, "name": "car"}, {"id": 3, "name": "bus"}]))
+    )
+    regions, report = collect_annotations(
+        images,
+        [(f"{FOLDER}/1.json", first), (f"{FOLDER}/2.json", second)],
+        folder_images={FOLDER: images},
+    )
+    assert report.category_ids == {"car": 3, "person": 1}
+    reasons = [p["reason"] for p in report.problems]
+    assert reasons == [
+        f"category 'car' has id 7 here but 3 in {FOLDER}/1.json; 3 is used",
+        f"category id 3 names 'bus' here but 'car' in {FOLDER}/1.json; 'bus' gets a new id",
+    ]
+    doc = coco_document(
+        [AnnotatedImage(i.uri, i.width, i.height, regions[i.uri]) for i in images],
+        report.category_ids,
+    )
+    assert doc["categories"] == [
+        {"id": 1, "name": "person"},
+        {"id": 3, "name": "car"},
+        {"id": 4, "name": "bus"},
+    ]
+    by_id = {c["id"]: c["name"] for c in doc["categories"]}
+    assert sorted(by_id[a["category_id"]] for a in doc["annotations"]) == [
+        "bus",
+        "car",
+        "car",
+        "person",
+    ]
+
+
+def test_a_label_missing_from_the_folders_label_config_is_reported_and_kept(
+    tmp_path: Path,
+) -> None:
+    from imageml_core.annotations.intake import LabelConfig
+
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    config = LabelConfig(
+        f"{FOLDER}/label_config.xml",
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" '
+        'toName="image"><Label value="cat"/></RectangleLabels></View>',
+    )
+    results = [_rect("cat"), {**_rect("dog", x=50), "id": "r2"}]
+    task = {"id": 7, "data": {"image": "a.jpg"}, "annotations": [{"id": 3, "result": results}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps([task]))
+    regions, report = collect_annotations(
+        [image],
+        [(f"{FOLDER}/ann.json", path)],
+        folder_images={FOLDER: [image]},
+        label_configs={FOLDER: config},
+    )
+    assert sorted(r.label for r in regions[image.uri]) == ["cat", "dog"]
+    assert report.problems == [
+        {
+            "file": f"{FOLDER}/ann.json",
+            "path": "task 7 annotation 3 region r2",
+            "reason": f"label 'dog' is not in {FOLDER}/label_config.xml (control 'label'); "
+            "the region is kept",
+        }
+    ]
+    assert report.files[0]["label_config_uri"] == config.uri
+
+
+def test_label_config_files_are_checked_at_ingest(tmp_path: Path) -> None:
+    from imageml_core.stages.ingest.verify import check_label_config
+
+    good = tmp_path / "good.xml"
+    good.write_text('<View><Image name="image" value="$image"/></View>')
+    assert check_label_config(good).ok
+    table = {
+        "<View><Image": "labelling config is not well-formed XML: ParseError",
+        "<Root/>": "labelling config's root element is <Root>, not <View>",
+        '<!DOCTYPE v [<!ENTITY a "aaaa">]><View>&a;</View>': (
+            "labelling config is not well-formed XML: EntitiesForbidden"
+        ),
+    }
+    for text, reason in table.items():
+        bad = tmp_path / "bad.xml"
+        bad.write_text(text)
+        check = check_label_config(bad)
+        assert not check.ok and check.reason is not None and check.reason.startswith(reason)
+    latin = tmp_path / "latin.xml"
+    latin.write_bytes("<View>caf\xe9</View>".encode("latin-1"))
+    assert check_label_config(latin).reason.startswith("labelling config is not UTF-8 text")  # type: ignore[union-attr]

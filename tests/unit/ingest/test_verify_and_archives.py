@@ -232,3 +232,63 @@ def test_an_object_a_parser_chokes_on_is_quarantined_alone(
     monkeypatch.setattr(examine, "verify_image", disk_full)
     with pytest.raises(OSError, match="No space left"):
         examiner(obj)
+
+
+def _zip_with(members: list[tuple[str, bytes, int]]) -> bytearray:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data, method in members:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = method
+            zf.writestr(info, data)
+    return bytearray(buf.getvalue())
+
+
+def test_a_member_zipfile_cannot_read_is_refused_alone(tmp_path: Path) -> None:
+    import struct
+
+    good = ("ok.jpg", jpeg_bytes(1), zipfile.ZIP_DEFLATED)
+    empty_name = _zip_with([("", jpeg_bytes(2), zipfile.ZIP_DEFLATED), good])
+    # Deflate64 (method 9, what Windows Explorer writes for large files): zipfile lacks it.
+    deflate64 = _zip_with([("m.jpg", jpeg_bytes(2), zipfile.ZIP_STORED), good])
+    local, central = deflate64.find(b"PK\x03\x04"), deflate64.find(b"PK\x01\x02")
+    deflate64[local + 8 : local + 10] = struct.pack("<H", 9)
+    deflate64[central + 10 : central + 12] = struct.pack("<H", 9)
+    lzma = _zip_with([("l.jpg", jpeg_bytes(2), zipfile.ZIP_LZMA), good])
+    start = lzma.find(b"PK\x03\x04") + 35
+    lzma[start + 9 : start + 60] = bytes(51)  # corrupt LZMA data
+    cases = {
+        "empty": (empty_name, "", "empty member name"),
+        "deflate64": (deflate64, "m.jpg", "cannot extract: NotImplementedError"),
+        "lzma": (lzma, "l.jpg", "cannot extract: LZMAError"),
+    }
+    for label, (data, bad_name, reason) in cases.items():
+        archive = tmp_path / f"{label}.zip"
+        archive.write_bytes(bytes(data))
+        members = {m.name: m for m in expand_zip(archive, tmp_path / label)}
+        assert members["ok.jpg"].status == "extracted", label
+        assert members[bad_name].status == "refused", label
+        assert (members[bad_name].reason or "").startswith(reason), (label, members[bad_name])
+
+
+def test_a_name_flagged_utf8_that_is_not_makes_the_archive_invalid(tmp_path: Path) -> None:
+    data = _zip_with([("ab.jpg", jpeg_bytes(1), zipfile.ZIP_STORED)])
+    data = bytearray(bytes(data).replace(b"ab.jpg", b"a\xff.jpg"))
+    for sig, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(sig) + flag_at
+        data[at + 1] |= 0x08  # general-purpose flag bit 11 (0x0800): the name is UTF-8
+    archive = tmp_path / "bad-name.zip"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(InvalidArchive, match="not a valid ZIP archive: UnicodeDecodeError"):
+        expand_zip(archive, tmp_path / "out")
+
+
+def test_a_very_long_member_name_gets_a_bounded_unique_ref() -> None:
+    zip_uri = "s3://b/raw/long.zip"
+    names = ["x" * 5000, "x" * 4999 + "y", "%long/abc"]
+    refs = [archive_member_ref(zip_uri, n) for n in names]
+    assert len(set(refs)) == 3
+    assert all(len(r.encode()) < 1400 for r in refs)  # far under PostgreSQL's 2,704-byte index row
+    assert refs[0].startswith(f"{zip_uri}#%long/") and refs[0].endswith("x" * 200)
+    assert refs[2] == f"{zip_uri}#%25long/abc"  # a real name cannot pose as a hashed one
+    assert archive_member_ref(zip_uri, "__MACOSX/._a.jpg") == f"{zip_uri}#__MACOSX/._a.jpg"
