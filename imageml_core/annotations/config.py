@@ -103,7 +103,9 @@ def label_config_for(
 
 def infer_label_config(tasks: Sequence[Mapping[str, Any]]) -> str:
     """A labelling config covering every (from_name, to_name, type, label) the tasks'
-    annotations and predictions use (for an export that came without its config).
+    annotations and predictions use (for an export that came without its config). Each
+    ``<Image>`` reads ``data[<to_name>]``, or the one string field of ``data`` when there is
+    no such key.
 
     Result types without a control tag in :data:`CONTROL_TAGS` are left out (the converter
     reports their regions as not converted)."""
@@ -121,7 +123,17 @@ def infer_label_config(tasks: Sequence[Mapping[str, Any]]) -> str:
         for (from_name, to_name, kind), labels in sorted(tags.items())
         if kind in CONTROL_TAGS
     ]
-    return render_label_config(sorted({to for _, to, _ in tags} or {"image"}), controls)
+    images = sorted({to for _, to, _ in tags} or {"image"})
+    # The image is read from data[<to_name>] in Label Studio's own configs; an export whose
+    # data has no such key but one string field (data.photo for to_name "img") reads that.
+    data_keys: dict[str, str] = {}
+    datas = [t.get("data") for t in tasks if isinstance(t.get("data"), Mapping)]
+    for name in images:
+        if datas and not any(name in d for d in datas):  # type: ignore[operator]
+            strings = {k for d in datas for k, v in d.items() if isinstance(v, str)}  # type: ignore[union-attr]
+            if len(strings) == 1:
+                data_keys[name] = strings.pop()
+    return render_label_config(images, controls, data_keys=data_keys)
 
 
 def validate_tasks(tasks: Sequence[Mapping[str, Any]], label_config: str) -> list[str]:

@@ -15,6 +15,7 @@ reported, and kept), otherwise one is inferred from the tasks' results.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,8 @@ from imageml_core.annotations.regions import Region
 from imageml_core.annotations.validate import clean_coco, clean_label_studio
 
 _LS_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+#: Items of each conversion list (choices, merged, adjusted) kept in a file's intake entry.
+MAX_LISTED = 100
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,10 @@ def base_name(ref: str) -> str:
     """The file name in a path, URI or URL: after the last ``/`` or ``\\``, query string
     removed; a Label Studio data URL's ``?d=<path>`` is followed, and %-escapes are
     decoded (``Capture%20d%C3%A9cran.png`` names ``Capture décran.png``)."""
-    if "?d=" in ref:  # Label Studio's /data/local-files/?d=<path>
-        ref = ref.split("?d=", 1)[1]
+    if "?d=" in ref:  # Label Studio's /data/local-files/?d=<path>[&...]: a query value,
+        # so it is decoded first (``%2F`` is a folder separator in it)
+        ref = unquote(ref.split("?d=", 1)[1].split("&", 1)[0])
+        return ref.replace("\\", "/").rsplit("/", 1)[-1]
     return unquote(ref.replace("\\", "/").split("?", 1)[0].rsplit("/", 1)[-1])
 
 
@@ -161,6 +166,9 @@ def _polygon_parts(segmentation: Any) -> tuple[list[list[float]], int]:
         try:
             values = [float(v) for v in part]
         except (TypeError, ValueError):
+            bad += 1
+            continue
+        if not all(math.isfinite(v) for v in values):
             bad += 1
             continue
         if len(values) < 6 or len(values) % 2:
@@ -187,26 +195,48 @@ def regions_from_coco(
     from imageml_core.annotations.common import is_crowd
 
     categories: dict[Any, str] = {}
-    for n, c in enumerate(doc.get("categories", [])):
+    for n, c in _indexed(doc, "categories"):
         if _id(c["id"]) in categories:
             problem(f".categories[{n}]", f"category id {c['id']} appears twice (the first is used)")
             continue
         categories[_id(c["id"])] = str(c["name"])
     names: dict[Any, str] = {}
-    for n, img in enumerate(doc.get("images", [])):
+    first_of: dict[str, Any] = {}  # file name -> the image id that named it first
+    renamed: set[Any] = set()  # ids of images that named a file again (reported once)
+    for n, img in _indexed(doc, "images"):
+        where = f"task {img['ls_task_id']}" if "ls_task_id" in img else f".images[{n}]"
         if _id(img["id"]) in names:
-            problem(f".images[{n}]", f"image id {img['id']} appears twice (the first is used)")
+            problem(where, f"image id {img['id']} appears twice (the first is used)")
             continue
-        names[_id(img["id"])] = str(img["file_name"])
+        name = str(img["file_name"])
+        if name in first_of:
+            problem(
+                where,
+                f"names {name} again (image id {first_of[name]} named it first and is used; "
+                "this record's regions are left out)",
+            )
+            renamed.add(_id(img["id"]))
+            continue
+        first_of[name] = _id(img["id"])
+        names[_id(img["id"])] = name
     out: dict[str, list[Region]] = defaultdict(list)
-    for n, raw in enumerate(doc.get("annotations", [])):
+    for n, raw in _indexed(doc, "annotations"):
         ann = {**raw, "image_id": _id(raw["image_id"]), "category_id": _id(raw["category_id"])}
+        if ann["image_id"] in renamed:
+            continue
         region = _region(
             ann, names, categories, is_crowd, lambda r, n=n: problem(f".annotations[{n}]", r)
         )
         if region is not None:
             out[names[ann["image_id"]]].append(region)
     return dict(out)
+
+
+def _indexed(doc: Mapping[str, Any], key: str) -> list[tuple[int, Mapping[str, Any]]]:
+    """``doc[key]``'s records with their position *in the file* (records that
+    :func:`~imageml_core.annotations.validate.clean_coco` left out shift the list; it keeps
+    the original position in ``_index``)."""
+    return [(int(r.get("_index", n)), r) for n, r in enumerate(doc.get(key, []))]
 
 
 def _id(value: Any) -> Any:
@@ -232,9 +262,15 @@ def _region(
     if is_crowd(ann.get("iscrowd")):
         problem("crowd region (iscrowd=1): an area to ignore, not an object; left out")
         return None
-    parts, bad = _polygon_parts(ann.get("segmentation"))
+    segmentation = ann.get("segmentation")
+    parts, bad = _polygon_parts(segmentation)
     if bad:
-        problem(f"{bad} polygon part(s) with an odd number or fewer than 6 coordinates dropped")
+        problem(
+            f"{bad} polygon part(s) with an odd number, fewer than 6 or non-finite "
+            "coordinates dropped"
+        )
+    if isinstance(segmentation, Mapping):
+        problem("RLE mask segmentation: only its bbox is kept (masks are not carried)")
     bbox = ann.get("bbox")
     if (bbox is None or bbox[2] <= 0 or bbox[3] <= 0) and parts:
         xs = [x for p in parts for x in p[0::2]]
@@ -289,7 +325,7 @@ def collect_annotations(
                 continue
             claimed[match.uri] = file_uri
             if match.uri in wanted:
-                by_uri[match.uri] = regions
+                by_uri[match.uri] = _inside(regions, match, file_uri, report)
     return by_uri, report
 
 
@@ -310,7 +346,7 @@ def _read_file(
         coco, problems = clean_coco(doc)
         _check_sizes(file_uri, coco, siblings, report)
         seen: set[Any] = set()
-        for n, cat in enumerate(coco.get("categories", [])):
+        for n, cat in _indexed(coco, "categories"):
             if _id(cat["id"]) not in seen:  # a repeated id is reported by regions_from_coco
                 seen.add(_id(cat["id"]))
                 report.category(file_uri, f".categories[{n}]", str(cat["name"]), _id(cat["id"]))
@@ -322,12 +358,34 @@ def _read_file(
     return regions_from_coco(coco, lambda where, why: report.problem(file_uri, where, why))
 
 
+def _inside(
+    regions: list[Region], image: ImageRef, file_uri: str, report: IntakeReport
+) -> list[Region]:
+    """``regions`` that overlap their image; one wholly outside it (a box in another frame,
+    negative coordinates) is reported and left out, rather than vanish at augmentation."""
+    if not (image.width and image.height):
+        return regions
+    kept = []
+    for r in regions:
+        x, y, w, h = r.bbox
+        if x < image.width and y < image.height and x + w > 0 and y + h > 0:
+            kept.append(r)
+            continue
+        report.problem(
+            file_uri,
+            f"{base_name(image.uri)}, region {r.source_id or r.label}",
+            f"box [{x:g}, {y:g}, {w:g}, {h:g}] lies wholly outside the "
+            f"{image.width}x{image.height} image; left out",
+        )
+    return kept
+
+
 def _check_sizes(
     file_uri: str, coco: Mapping[str, Any], siblings: Mapping[str, ImageRef], report: IntakeReport
 ) -> None:
     """Report COCO images whose width/height differ from the image's own (displayed) size:
     their boxes are in another frame and may fall outside the image."""
-    for n, img in enumerate(coco.get("images", [])):
+    for n, img in _indexed(coco, "images"):
         match = _match(base_name(str(img["file_name"])), siblings)
         if match is None or img.get("width") is None or img.get("height") is None:
             continue
@@ -365,18 +423,28 @@ def _label_studio_as_coco(
         return {"images": [], "annotations": [], "categories": []}
     sizes = {}
     for task in tasks:
-        ref = str(task["data"].get("image", ""))
-        match = _match(base_name(ref), siblings)
-        if match is not None:
-            sizes[ref] = (match.width, match.height)
+        # Whatever data key the config reads the image from: every string value that names
+        # an image of the folder.
+        for ref in (v for v in task["data"].values() if isinstance(v, str)):
+            match = _match(base_name(ref), siblings)
+            if match is not None:
+                sizes[ref] = (match.width, match.height)
     coco, conv = ls_to_coco(tasks, config, image_sizes=sizes)
     entry.update(
         converter_version=conv.converter_version,
         conversion_parameters=conv.conversion_parameters,
         converted=conv.converted,
+        # Which annotation of a task was used, rectangles folded into polygons, sizes
+        # supplied or corrected (the first MAX_LISTED of each; counts in "converted").
+        choices=conv.choices[:MAX_LISTED],
+        merged=conv.merged[:MAX_LISTED],
+        adjusted=conv.adjusted[:MAX_LISTED],
     )
     for skipped in conv.skipped:
         report.not_converted.append({"file": file_uri, **skipped})
+    for change in conv.adjusted:
+        if "differ from the image's" in str(change.get("change")):
+            report.problem(file_uri, f"task {change.get('task_id')}", str(change["change"]))
     return coco
 
 

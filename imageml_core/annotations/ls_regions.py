@@ -6,6 +6,7 @@ origin at the top-left corner; boxes returned here are pixels ``(x0, y0, x1, y1)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,8 @@ REGION_KEYS = ("rectanglelabels", "polygonlabels")
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    """A finite int or float (not a bool; NaN and Infinity are no coordinate)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def size_from(value: Any) -> tuple[int, int] | None:

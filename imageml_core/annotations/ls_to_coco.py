@@ -24,7 +24,10 @@ areas). Around it, this module fixes the SDK's traps (label-studio-sdk 2.1.2):
   from ``image_sizes`` (pixels of the staged image, keyed by the task's image reference or
   its base name), then from other results of the same annotation, then from ``task["meta"]``
   ``width``/``height`` (written by :func:`~imageml_core.annotations.coco_to_ls`). A task
-  with no size from any of them is reported, never dropped silently.
+  with no size from any of them is reported, never dropped silently. Where the image's own
+  size is known and ``original_width/height`` say otherwise (an image re-uploaded at
+  another resolution, a hand-edited export), the percentages are applied to the image's
+  size, since they are relative, and the change is reported (``report.adjusted``).
 * **Rectangle + polygon of one region** (what the SDK's own COCO import writes) would
   become two COCO objects: a rectangle with the same label whose box matches a polygon's
   bounding box within ``merge_tolerance_px`` pixels is folded into that polygon
@@ -48,6 +51,7 @@ import posixpath
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +83,23 @@ class _Prepared:
     scores: list[float | None] = field(default_factory=list)
 
 
-def _time_key(item: Mapping[str, Any]) -> tuple[str, float]:
-    stamp = item.get("updated_at") or item.get("created_at") or ""
+def _instant(stamp: Any) -> float:
+    """An ISO 8601 timestamp as seconds since the epoch (a naive one is UTC, as Label Studio
+    writes them); -inf when absent or unreadable. Compared as instants, not as strings:
+    ``10:00+02:00`` is before ``09:00Z``."""
+    try:
+        when = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return float("-inf")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _time_key(item: Mapping[str, Any]) -> tuple[float, float]:
+    stamp = item.get("updated_at") or item.get("created_at")
     ident = item.get("id")
-    return (str(stamp), float(ident) if isinstance(ident, int | float) else -1.0)
+    return (_instant(stamp), float(ident) if isinstance(ident, int | float) else -1.0)
 
 
 def _choose(task: Mapping[str, Any], use_predictions: bool) -> tuple[str, dict | None, str]:
@@ -156,15 +173,17 @@ def _prepare(
     if (known and any(s is None for s in sizes)) or (not kept and known):
         report.adjusted.append({"task_id": task_id, "change": f"image size {known} supplied"})
     if known and any(s and s != known for s in sizes):
+        stated = next(s for s in sizes if s and s != known)
         report.adjusted.append(
             {
                 "task_id": task_id,
-                "change": f"original_width/height differ from image size {known}; "
-                "Label Studio's kept (percent coordinates are relative to them)",
+                "change": f"original_width x original_height {stated[0]}x{stated[1]} differ "
+                f"from the image's {known[0]}x{known[1]}: the percentages are applied to the "
+                "image (they are relative, whatever size Label Studio saw)",
             }
         )
     for result, size in zip(kept, sizes, strict=True):
-        if size is None:
+        if size is None or (known and size != known):
             result["original_width"], result["original_height"] = fallback
         if result["value"].get("rotation") and "rectanglelabels" in result["value"]:
             report.adjusted.append(

@@ -32,7 +32,8 @@ class Problem:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # NaN and Infinity parse from JSON (Python's json accepts them) but are no coordinate.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class LabelStudioTask(_Model):
@@ -140,8 +141,9 @@ def clean_label_studio(tasks: list[Any]) -> tuple[list[dict[str, Any]], list[Pro
 
 def clean_coco(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
     """The images, categories and annotations that have COCO's shape; each one left out is
-    a :class:`Problem`. Checks across records (unknown ids, duplicates) are the
-    reader's (:func:`imageml_core.annotations.intake.regions_from_coco`)."""
+    a :class:`Problem`. Each kept record carries its position in the file as ``_index``, so
+    later problems name the right record. Checks across records (unknown ids, duplicates)
+    are the reader's (:func:`imageml_core.annotations.intake.regions_from_coco`)."""
     problems: list[Problem] = []
     out: dict[str, Any] = dict(doc)
     for key, model in (
@@ -154,7 +156,7 @@ def clean_coco(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
             problems.append(Problem(f".{key}", f"expected a list, got {type(items).__name__}"))
             items = []
         out[key] = [
-            item
+            {**item, "_index": n}
             for n, raw in enumerate(items)
             if (item := _checked(model, raw, f".{key}[{n}]", problems)) is not None
         ]

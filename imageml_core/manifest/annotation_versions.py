@@ -31,46 +31,87 @@ from imageml_core.manifest.documents import (
     ingested_objects,
     ingested_under,
 )
-from imageml_core.manifest.interface import INGEST, Ledger
+from imageml_core.manifest.interface import INGEST, Ledger, LedgerRecord
 from imageml_core.manifest.keys import ANNOTATION_VERSION_CHARS, AugmentKey
+
+
+@dataclass(frozen=True)
+class RefusedRevision:
+    """The newest revision of an annotation file or labelling config, quarantined at ingest
+    (``reason``); ``kept`` is the earlier good revision still used, if there is one."""
+
+    uri: str
+    etag: str
+    kind: str
+    reason: str
+    kept: IngestedObject | None
+
+    def problem(self) -> str:
+        """What intake reports about it."""
+        what = "labelling config" if self.kind == "label_config" else "annotation file"
+        if self.kept is not None:
+            return (
+                f"the newest revision of this {what} (ETag {self.etag}) was quarantined at "
+                f"ingest: {self.reason}; the previous revision (ETag {self.kept.etag}) is "
+                "still used"
+            )
+        fallback = "; the config is inferred from the tasks" if self.kind == "label_config" else ""
+        return f"this {what} was quarantined at ingest: {self.reason}{fallback}"
 
 
 @dataclass
 class FolderContents:
     """What the folders of a batch's images hold, from every batch: the images (for name
-    matching) by folder, and the annotation files and labelling configs (the batch's
-    annotation inputs), URI order."""
+    matching) by folder, the annotation files and labelling configs in use (the latest good
+    revision of each), and the newest revisions that were quarantined (reported, and part
+    of the version so that a broken upload is noticed). URI order."""
 
     images: dict[str, list[ImageRef]] = field(default_factory=dict)
     annotation_files: list[IngestedObject] = field(default_factory=list)
     label_configs: list[IngestedObject] = field(default_factory=list)
+    refused: list[RefusedRevision] = field(default_factory=list)
 
     @property
     def inputs(self) -> list[IngestedObject]:
-        """The annotation inputs: annotation files, then labelling configs."""
+        """The annotation inputs in use: annotation files, then labelling configs."""
         return [*self.annotation_files, *self.label_configs]
 
     @property
     def version(self) -> str:
         """The annotation version (see the module docstring); empty without inputs."""
-        return annotation_version(self.inputs)
+        refused = [(r.uri, f"quarantined:{r.etag}") for r in self.refused]
+        return annotation_version([(o.uri, o.sha256) for o in self.inputs] + refused)
 
     def inputs_json(self) -> list[dict[str, Any]]:
         """The inputs as the augment manifest records them (``uri``, ``etag``, ``sha256``,
-        ``kind``)."""
-        return [
+        ``kind``; a quarantined newest revision with ``status`` and ``reason``)."""
+        used = [
             {"uri": o.uri, "etag": o.etag, "sha256": o.sha256, "kind": o.kind} for o in self.inputs
         ]
+        refused = [
+            {
+                "uri": r.uri,
+                "etag": r.etag,
+                "kind": r.kind,
+                "status": "quarantined",
+                "reason": r.reason,
+            }
+            for r in self.refused
+        ]
+        return used + refused
 
 
-def annotation_version(inputs: Iterable[IngestedObject]) -> str:
+def annotation_version(pairs: Iterable[tuple[str, str]]) -> str:
     """:data:`ANNOTATION_VERSION_CHARS` hex of SHA-256 over the sorted ``(URI, SHA-256)``
-    pairs of ``inputs``; empty for none."""
-    pairs = sorted((o.uri, o.sha256) for o in inputs)
-    if not pairs:
+    pairs; empty for none."""
+    ordered = sorted(pairs)
+    if not ordered:
         return ""
-    digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(ordered).encode()).hexdigest()
     return digest[:ANNOTATION_VERSION_CHARS]
+
+
+_ANNOTATION_KINDS = ("annotation", "label_config")
 
 
 def folder_contents(ledger: Ledger, images: Sequence[IngestedObject]) -> FolderContents:
@@ -81,8 +122,20 @@ def folder_contents(ledger: Ledger, images: Sequence[IngestedObject]) -> FolderC
         out.images[folder] = [
             ImageRef(o.uri, o.width or 0, o.height or 0) for o in objects if o.is_image
         ]
-        out.annotation_files += [o for o in objects if o.is_annotation_file]
-        out.label_configs += [o for o in objects if o.is_label_config]
+        revisions: dict[str, list[LedgerRecord]] = {}
+        for r in ledger.processed_under(INGEST, folder + "/"):  # per URI, oldest first
+            if folder_of(r.uri) == folder and r.details.get("kind") in _ANNOTATION_KINDS:
+                revisions.setdefault(r.uri, []).append(r)
+        for uri, history in sorted(revisions.items()):
+            good = [r for r in history if r.ok]
+            kept = IngestedObject.from_record(good[-1]) if good else None
+            if kept is not None:
+                (out.label_configs if kept.is_label_config else out.annotation_files).append(kept)
+            newest = history[-1]
+            if not newest.ok:
+                kind = str(newest.details.get("kind"))
+                reason = newest.reason or "quarantined"
+                out.refused.append(RefusedRevision(uri, newest.etag, kind, reason, kept))
     return out
 
 

@@ -8,7 +8,6 @@ from imageml_core.annotations.intake import folder_of
 from imageml_core.manifest import AUGMENT, INGEST
 from imageml_core.manifest.annotation_versions import batches_with_images_in, current_augment_key
 from imageml_core.manifest.cursor import PublicationCursor
-from imageml_core.manifest.documents import ingested_objects
 from imageml_resources import AugmentationResource, ManifestStoreResource
 
 
@@ -40,10 +39,12 @@ def build_annotation_changes_sensor(job: Any) -> dg.SensorDefinition:
         published, cursor = PublicationCursor.parse(context.cursor).read(store, INGEST)
         requests: dict[str, dg.RunRequest] = {}
         for m in published:
+            # Quarantined revisions count too: a broken upload over a good export makes a
+            # version that reports it (annotation_versions.RefusedRevision).
             folders = {
-                folder_of(o.uri)
-                for o in ingested_objects(store, m.partition_key)
-                if o.is_annotation_file or o.is_label_config
+                folder_of(r.uri)
+                for r in store.processed_objects(INGEST, m.partition_key)
+                if r.details.get("kind") in ("annotation", "label_config")
             }
             for batch in sorted(batches_with_images_in(store, folders) - {m.partition_key}):
                 key = current_augment_key(store, batch, tag)

@@ -162,6 +162,8 @@ def augment_batch(
                 if o.uri in staged
             },
         )
+        for refused in folders.refused:
+            intake.problem(refused.uri, "", refused.problem())
         image_uris = {i.uri for i in images}
         intake.files += [{"uri": u, "error": r} for u, r in left_out.items() if u not in image_uris]
         made = _augment_all(images, staged, regions_by_uri, pipeline, config, staging, job)

@@ -199,3 +199,29 @@ def test_a_changed_export_makes_another_version_and_an_early_one_waits(
     assert {s.uri.rsplit("/", 1)[-1]: [r.bbox for r in s.regions] for s in doc.sources} == (
         EXPECTED
     )
+
+
+def test_a_broken_revision_over_a_good_export_keeps_the_good_one_and_says_so(
+    settings: Settings, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    folder = settings.raw_uri.join("set")
+    for n, name in enumerate(NAMES):
+        object_store.put_bytes(folder.join(name), jpeg_bytes(n, (100, 80)))
+    tasks_uri = folder.join("tasks.json")
+    object_store.put_bytes(tasks_uri, _tasks())
+    _run(settings, tmp_path)
+    object_store.put_bytes(tasks_uri, b"{broken")  # a failed save, uploaded over it
+    _run(settings, tmp_path)
+
+    store = open_manifest_store(settings.manifest_db_url)
+    newest = store.manifests(AUGMENT)[-1]
+    doc = read_document(object_store, newest, AugmentManifest)
+    assert AugmentKey.parse(newest.partition_key).annotations  # a new version, not the old
+    assert _current_boxes(settings, object_store) == EXPECTED  # the good revision still used
+    problems = (doc.annotations.intake or {})["problems"]
+    assert [(p["file"], p["path"]) for p in problems] == [(str(tasks_uri), "")]
+    assert "newest revision of this annotation file" in problems[0]["reason"]
+    assert "was quarantined at ingest: annotation file is not valid JSON" in problems[0]["reason"]
+    assert "the previous revision" in problems[0]["reason"]
+    statuses = [i.get("status", "ok") for i in doc.annotations.inputs or ()]
+    assert statuses == ["ok", "quarantined"]

@@ -255,3 +255,131 @@ def test_label_config_files_are_checked_at_ingest(tmp_path: Path) -> None:
     latin = tmp_path / "latin.xml"
     latin.write_bytes("<View>caf\xe9</View>".encode("latin-1"))
     assert check_label_config(latin).reason.startswith("labelling config is not UTF-8 text")  # type: ignore[union-attr]
+
+
+def test_label_studio_data_urls_are_decoded_before_the_name_is_taken() -> None:
+    assert base_name("/data/local-files/?d=g%2Fi0.jpg") == "i0.jpg"  # %2F: a folder
+    assert base_name("/data/local-files/?d=set/a.jpg&foo=1") == "a.jpg"
+    assert base_name("s3://b/raw/Capture%20d%C3%A9cran.png?versionId=3") == "Capture décran.png"
+
+
+def test_percentages_apply_to_the_image_when_label_studio_saw_another_size(
+    tmp_path: Path,
+) -> None:
+    # Label Studio recorded 200x160; the image is 100x80 (re-uploaded smaller): x = 50 %.
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    result = {
+        **_rect("cat", x=50, y=50),
+        "original_width": 200,
+        "original_height": 160,
+    }
+    result["value"] = {**result["value"], "width": 10, "height": 10}
+    task = {"id": 4, "data": {"image": "a.jpg"}, "annotations": [{"result": [result]}]}
+    regions, report = _collect(tmp_path, [task], [image])
+    assert regions == {image.uri: [(50.0, 40.0, 10.0, 8.0)]}
+    (problem,) = report["problems"]
+    assert problem["path"] == "task 4"
+    assert problem["reason"].startswith(
+        "original_width x original_height 200x160 differ from the image's 100x80"
+    )
+
+
+def test_non_finite_numbers_are_left_out_with_their_path(tmp_path: Path) -> None:
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    text = (
+        '{"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "c"}],'
+        ' "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, NaN, 5]},'
+        ' {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, Infinity, 5]},'
+        ' {"id": 3, "image_id": 1, "category_id": 1, "bbox": [2, 2, 4, 4]}]}'
+    )
+    path = tmp_path / "ann.json"
+    path.write_text(text)
+    regions, report = collect_annotations(
+        [image], [(f"{FOLDER}/ann.json", path)], folder_images={FOLDER: [image]}
+    )
+    assert [r.bbox for r in regions[image.uri]] == [(2.0, 2.0, 4.0, 4.0)]
+    assert [p["path"] for p in report.problems] == [
+        ".annotations[0].bbox[2]",
+        ".annotations[1].bbox[2]",
+    ]
+
+
+def test_problems_name_the_record_in_the_file_not_in_the_cleaned_list(tmp_path: Path) -> None:
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg"}],
+        "categories": [{"id": 1, "name": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]},  # left out first
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+            {"id": 3, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]},
+        ],
+    }
+    _, report = _collect(tmp_path, doc, [image])
+    assert [p["path"] for p in report["problems"]] == [".annotations[0].bbox", ".annotations[2]"]
+
+
+def test_two_records_of_one_image_in_one_file_the_first_wins(tmp_path: Path) -> None:
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    tasks = [
+        {"id": 1, "data": {"image": "a.jpg"}, "annotations": [{"result": [_rect("cat")]}]},
+        {"id": 2, "data": {"image": "a.jpg"}, "annotations": [{"result": [_rect("dog", x=50)]}]},
+    ]
+    regions, report = _collect(tmp_path, tasks, [image])
+    assert regions == {image.uri: [(10.0, 8.0, 20.0, 16.0)]}
+    (problem,) = report["problems"]
+    assert problem["path"] == "task 2" and problem["reason"].startswith("names a.jpg again")
+
+
+def test_a_box_wholly_outside_its_image_is_reported(tmp_path: Path) -> None:
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+        "categories": [{"id": 1, "name": "c"}],
+        "annotations": [
+            {"id": 7, "image_id": 1, "category_id": 1, "bbox": [-30, -30, 10, 10]},
+            {"id": 8, "image_id": 1, "category_id": 1, "bbox": [90, 70, 20, 20]},  # overlaps
+        ],
+    }
+    regions, report = _collect(tmp_path, doc, [image])
+    assert regions == {image.uri: [(90.0, 70.0, 20.0, 20.0)]}
+    (problem,) = report["problems"]
+    assert problem["path"] == "a.jpg, region 7"
+    assert "wholly outside the 100x80 image" in problem["reason"]
+
+
+def test_the_latest_annotation_is_chosen_by_instant_not_by_string() -> None:
+    from imageml_core.annotations.ls_to_coco import _choose
+
+    early = {"id": 1, "updated_at": "2026-01-01T10:00:00+02:00", "result": []}  # 08:00Z
+    late = {"id": 2, "updated_at": "2026-01-01T09:00:00Z", "result": []}
+    assert _choose({"annotations": [early, late]}, False)[1] is late
+    assert _choose({"annotations": [late, early]}, False)[1] is late
+
+
+def test_an_export_without_a_config_reads_its_image_from_its_one_data_field(
+    tmp_path: Path,
+) -> None:
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    result = {**_rect("cat"), "to_name": "img"}
+    task = {"id": 1, "data": {"photo": "a.jpg"}, "annotations": [{"result": [result]}]}
+    regions, report = _collect(tmp_path, [task], [image])
+    assert regions == {image.uri: [(10.0, 8.0, 20.0, 16.0)]}
+    assert report["not_converted"] == []
+
+
+def test_an_rle_mask_keeps_its_box_and_is_reported(tmp_path: Path) -> None:
+    image = ImageRef(f"{FOLDER}/a.jpg", 100, 80)
+    rle = {"size": [80, 100], "counts": "abc"}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg"}],
+        "categories": [{"id": 1, "name": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "segmentation": rle}
+        ],
+    }
+    regions, report = _collect(tmp_path, doc, [image])
+    assert regions == {image.uri: [(1.0, 1.0, 5.0, 5.0)]}
+    assert [p["reason"] for p in report["problems"]] == [
+        "RLE mask segmentation: only its bbox is kept (masks are not carried)"
+    ]
