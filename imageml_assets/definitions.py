@@ -9,7 +9,7 @@ import os
 
 import dagster as dg
 
-from imageml_assets.defs import augment, ingest, mirror, normalize
+from imageml_assets.defs import augment, ingest, mirror, normalize, train
 from imageml_core.settings import ConfigError, Settings
 from imageml_resources import build_resources
 
@@ -37,6 +37,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         ingest.build_defs(settings),
         augment.build_defs(settings),
         normalize.build_defs(settings),
+        train.build_defs(settings),
     )
     asset_keys = [a.key for a in stages.assets or []]  # type: ignore[union-attr]
     return dg.Definitions.merge(

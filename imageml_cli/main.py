@@ -136,7 +136,14 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
 def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
     """Generate a labelled image set and run every stage on embedded services."""
     from imageml_cli.runner import STAGES, open_instance, run_pipeline
-    from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, STATUS_QUARANTINED
+    from imageml_core.manifest import (
+        AUGMENT,
+        INGEST,
+        NORMALIZE,
+        STATUS_QUARANTINED,
+        TRAINING_SHARDS,
+    )
+    from imageml_core.manifest.documents import TrainingDatasetSummary
     from imageml_core.storage.object_store import ObjectStore
     from imageml_dev.stack import embedded_stack
     from imageml_dev.synthetic import generate_dataset
@@ -174,6 +181,12 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
         )
         for r in quarantined:
             click.echo(f"  quarantined {r.uri}: {r.reason}")
+        for d in manifest.manifests(TRAINING_SHARDS)[-1:]:
+            counts = TrainingDatasetSummary.from_json(d.details).counts
+            click.echo(
+                f"  training dataset {d.partition_key}: {counts.get('train', 0)} train / "
+                f"{counts.get('val', 0)} val images, {d.manifest_uri}"
+            )
         click.echo(f"  rerun launched {len(again.runs)} run(s)")
         click.echo(
             f"  lineage example: imageml lineage --home {work} {settings.raw_uri}/synthetic/shapes-archive.zip"

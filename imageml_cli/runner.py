@@ -23,11 +23,13 @@ import dagster as dg
 from imageml_assets.definitions import build_definitions, build_resources
 from imageml_assets.defs.mirror import mirror_materializations
 from imageml_assets.defs.normalize import NORMALIZE_JOB
+from imageml_assets.defs.train import TRAINING_SHARDS_JOB, train_variant
 from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.partitions import ingest_batches
 from imageml_cli.recovery import fail_dead_runs, reconcile_materializations, run_tags
-from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, ManifestStore
+from imageml_core.manifest import AUGMENT, INGEST, NORMALIZE, TRAINING_SHARDS, ManifestStore
 from imageml_core.manifest.annotation_versions import current_augment_key
+from imageml_core.manifest.documents import TrainingDatasetSummary
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
 from imageml_resources import open_manifest_store
@@ -37,6 +39,7 @@ STAGES: dict[str, list[str]] = {
     "ingest": ["raw_images"],
     "augment": ["augmented_images"],
     "normalize": ["normalized_variants"],
+    "train": ["training_shards"],
 }
 STAGE1 = ("ingest", "augment")
 SENSOR = "raw_objects_sensor"
@@ -164,6 +167,25 @@ def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[N
     return [k for k in keys if store.get_manifest(NORMALIZE, str(k)) is None]
 
 
+def _training_set_behind(store: ManifestStore, settings: Settings) -> bool:
+    """Whether a normalize partition was published after the newest training dataset
+    version (or the split fraction or variant changed): then a new version may be due.
+    Nothing normalized yet: nothing to build."""
+    normalized = store.manifests(NORMALIZE)
+    if not normalized:
+        return False
+    built = store.manifests(TRAINING_SHARDS)
+    if not built:
+        return True
+    newest = built[-1]
+    summary = TrainingDatasetSummary.from_json(newest.details)
+    return (
+        normalized[-1].id > newest.id
+        or summary.variant != train_variant(settings)
+        or summary.val_fraction != settings.train_val_fraction
+    )
+
+
 def _recover(
     instance: dg.DagsterInstance,
     store: ManifestStore,
@@ -226,7 +248,9 @@ def _run_pipeline(
     summary = RunSummary()
     try:
         _recover(instance, store, resources, echo)
-        _run_stages(defs, job, stages, instance, store, resources, summary, echo, log_level)
+        _run_stages(
+            defs, job, stages, instance, store, resources, settings, summary, echo, log_level
+        )
         asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
         summary.mirrored = mirror_materializations(instance, asset_keys, store)
     except KeyboardInterrupt as exc:
@@ -244,11 +268,13 @@ def _run_stages(
     instance: dg.DagsterInstance,
     store: ManifestStore,
     resources: dict[str, Any],
+    settings: Settings,
     summary: RunSummary,
     echo: Callable[[str], None],
     log_level: str,
 ) -> None:
-    """The sensor's run requests, the batches behind, then normalize: run after run."""
+    """The sensor's run requests, the batches behind, then normalize, then the training
+    dataset version: run after run."""
 
     sensor = defs.resolve_sensor_def(SENSOR)
     with dg.build_sensor_context(
@@ -301,6 +327,17 @@ def _run_stages(
             defs.resolve_job_def(NORMALIZE_JOB), normalize_work, instance, summary, echo, log_level
         )
 
+    if "train" in stages:
+        if not store.manifests(NORMALIZE):
+            echo("[train] nothing is normalized yet: no training dataset to build")
+        elif _training_set_behind(store, settings):
+            echo("[train] building the training dataset version")
+            train_work = [(None, ["train"], {"imageml/trigger": "run"})]
+            job_def = defs.resolve_job_def(TRAINING_SHARDS_JOB)
+            _execute(job_def, train_work, instance, summary, echo, log_level)
+        else:
+            echo("[train] the training dataset version is up to date")
+
 
 def _execute(
     job: dg.JobDefinition,
@@ -312,7 +349,8 @@ def _execute(
 ) -> None:
     for n, (partition, run_stages, tags) in enumerate(work, start=1):
         selection = [dg.AssetKey(a) for s in run_stages for a in STAGES[s]]
-        echo(f"[{'+'.join(run_stages)}] {n}/{len(work)} {partition} ...")
+        shown = "" if partition is None else f" {partition}"
+        echo(f"[{'+'.join(run_stages)}] {n}/{len(work)}{shown} ...")
         outcome = job.execute_in_process(
             instance=instance,
             partition_key=partition,
@@ -342,7 +380,7 @@ def _execute(
         summary.runs.append(
             StageRun(
                 "+".join(run_stages),
-                str(partition),
+                "" if partition is None else str(partition),
                 outcome.run_id,
                 outcome.success,
                 metadata,

@@ -343,6 +343,24 @@ class Settings(BaseSettings):
         description="Augmented copies per image, in objects; unset means the pipeline's own "
         "`copies`.",
     )
+    # --- Stage 3: the gold training dataset -------------------------------------------------
+    train_variant: str = Field(
+        "",
+        description="The normalized variant (a NORMALIZE_SIZES token, e.g. 720p) training "
+        "sets are assembled from; empty means the first of NORMALIZE_SIZES.",
+    )
+    train_val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Fraction of original images in the validation split (by the content hash "
+        "of the source image, so an image never changes sides as the dataset grows).",
+    )
+    train_shard_images: int = Field(
+        1000,
+        ge=1,
+        description="Images per training shard (a tar file in WebDataset layout).",
+    )
 
     def __init__(self, **values: Any) -> None:
         """Validate ``values`` over the environment and the defaults.

@@ -35,6 +35,8 @@ class Step:
 INGEST = Step(1, "ingest")
 AUGMENT = Step(1, "augment")
 NORMALIZE = Step(2, "normalize")
+#: Stage 3's gold tier: a training dataset version, packed into shards.
+TRAINING_SHARDS = Step(3, "training_shards")
 TRAIN = Step(3, "train")
 INFER = Step(4, "infer")
 

@@ -21,6 +21,7 @@ Storage layout (README "Conventions", spec 001 for ``normalized/<variant>/``)::
     NORMALIZED_URI/normalized/<variant>/<hash12>/<source bucket>/<source key>[.jpg]
     NORMALIZED_URI/normalized/<variant>/<hash12>/annotations/<augment key>.coco.json | .label_studio.json
     NORMALIZED_URI/normalized/<variant>/<hash12>/manifests/<augment key>.json
+    TRAINING_URI/datasets/<ds-id>/{train,val}-<nnnnn>.tar | manifest.json
 
 An output key that would pass S3's 1,024-byte limit takes the form
 ``<prefix>/_long/<32 hex>/<end of the name>`` instead (:func:`bounded`).
@@ -256,3 +257,14 @@ def normalize_annotation_uris(base: S3Uri, key: NormalizeKey) -> tuple[S3Uri, S3
         base.join("annotations", f"{key.augment}.coco.json"),
         base.join("annotations", f"{key.augment}.label_studio.json"),
     )
+
+
+# --------------------------------------------------------------------------- train
+def training_dataset_base(training_uri: S3Uri, version: str) -> S3Uri:
+    """``TRAINING_URI/datasets/<ds-id>/``: a training dataset version's shards and manifest."""
+    return training_uri.join("datasets", version)
+
+
+def training_shard_name(split: str, index: int) -> str:
+    """``<split>-<nnnnn>.tar``: shard ``index`` (from 0) of a split."""
+    return f"{split}-{index:05d}.tar"

@@ -51,3 +51,10 @@ def test_decode_benchmark_prints_both_stages_and_ratios() -> None:
     out = _bench("ingest/bench_decode.py", "--images", "1", "--rounds", "1")
     assert "ingest verify: baseline" in out and "augment decode: baseline" in out, out
     assert out.count("ratio ours/baseline:") == 2, out
+
+
+def test_shard_benchmark_prints_baseline_ours_and_ratio() -> None:
+    out = _bench("train/bench_shards.py", "--images", "20", "--rounds", "1")
+    assert "baseline (concatenate the bytes):" in out
+    assert "ours (write_shard, WebDataset tar):" in out
+    assert "ratio ours/baseline time:" in out

@@ -40,6 +40,11 @@ from imageml_core.manifest.documents.normalize import (
     NormalizeSummary,
     PolicyInfo,
 )
+from imageml_core.manifest.documents.train import (
+    Shard,
+    TrainingDatasetManifest,
+    TrainingDatasetSummary,
+)
 
 __all__ = [
     "IMAGE_KINDS",
@@ -65,7 +70,10 @@ __all__ = [
     "PipelineInfo",
     "PolicyInfo",
     "QuarantinedSource",
+    "Shard",
     "StageDocument",
+    "TrainingDatasetManifest",
+    "TrainingDatasetSummary",
     "ingested_objects",
     "ingested_under",
     "json_bytes",

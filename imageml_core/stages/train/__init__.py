@@ -1,0 +1,1 @@
+"""Stage 3: the gold training dataset (``training_shards``); training lands here next."""

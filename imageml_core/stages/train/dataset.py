@@ -1,0 +1,291 @@
+"""Stage 3, gold tier: a training dataset version assembled from one normalized variant.
+
+Inputs: for every ingest batch, the normalize manifest of ``variant`` under the current
+policy and the batch's current augmentation and annotation version (the same partitions
+``imageml run`` keeps up to date), its COCO file (regions in the variant's pixels, the
+user's category ids), and the augment manifest (which original each augmented copy came
+from).
+
+Split (spec: no leakage into validation): an original image is in ``val`` when the first
+32 bits of its SHA-256, as a fraction of 2**32, fall below ``val_fraction``; else in
+``train``. Augmented copies go with their original: copies of a ``train`` original are
+in ``train``, copies of a ``val`` original are left out (validation uses originals only).
+The rule depends on the image's bytes alone, so an image never changes sides when the
+dataset grows.
+
+Outputs under ``TRAINING_URI/datasets/<version>/``: ``train-00000.tar``, ...,
+``val-00000.tar`` in WebDataset layout (``<key>.jpg`` and ``<key>.json`` per sample, key
+order; ``<key>`` the first 32 hex of SHA-256 of the image's URI) with fixed tar metadata,
+so the same samples give byte-identical shards; then ``manifest.json``
+(:class:`~imageml_core.manifest.documents.TrainingDatasetManifest`). Each ``.json`` holds
+``{"image": {...}, "annotations": [COCO annotations], "split": ...}``, boxes in pixels
+``[x, y, w, h]`` of that JPEG. The version id ``ds-<16 hex>`` hashes every sample's bytes,
+annotations and split and the shard settings: building the same inputs twice gives the same
+version and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imageml_core.manifest.annotation_versions import current_augment_key
+from imageml_core.manifest.documents import (
+    AugmentManifest,
+    NormalizeManifest,
+    Shard,
+    TrainingDatasetManifest,
+    TrainingDatasetSummary,
+)
+from imageml_core.manifest.interface import (
+    AUGMENT,
+    INGEST,
+    NORMALIZE,
+    TRAINING_SHARDS,
+    ManifestStore,
+)
+from imageml_core.manifest.keys import NormalizeKey, training_dataset_base, training_shard_name
+from imageml_core.manifest.publish import OutputFiles, publish_partition, published, read_document
+from imageml_core.storage.object_store import ObjectInfo, ObjectStore
+from imageml_core.storage.staging import NvmeStaging
+from imageml_core.uris import S3Uri, parse_s3_uri
+
+SPLIT_RULE = (
+    "val if int(sha256(original)[:8], 16) / 2**32 < val_fraction, else train; augmented "
+    "copies follow their original, and copies of val originals are left out"
+)
+
+
+class EmptyTrainingSet(ValueError):
+    """No normalized image of the chosen variant exists yet."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """``variant`` a NORMALIZE_SIZES token, ``policy_hash`` its current
+    ``normalization_policy_hash``, ``augment_tag`` the current augmentation; the split
+    fraction and images per shard; where versions go and the dataset name they are
+    recorded under."""
+
+    variant: str
+    policy_hash: str
+    augment_tag: str
+    val_fraction: float
+    shard_images: int
+    training_uri: S3Uri
+    dataset_name: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the set: ``key`` names its files in a shard; ``origin_sha256`` is the
+    SHA-256 of the original it comes from (itself for an original); ``annotations`` COCO
+    annotations in its pixels."""
+
+    key: str
+    uri: str
+    etag: str
+    sha256: str
+    kind: str
+    width: int
+    height: int
+    origin_sha256: str
+    source_uri: str
+    annotations: tuple[Mapping[str, Any], ...]
+
+    def split(self, val_fraction: float) -> str | None:
+        """``train``, ``val`` or None (a copy of a validation original: left out)."""
+        in_val = int(self.origin_sha256[:8], 16) / 2**32 < val_fraction
+        if not in_val:
+            return "train"
+        return "val" if self.kind == "original" else None
+
+    def label(self, split: str) -> dict[str, Any]:
+        """The sample's ``.json`` in its shard."""
+        return {
+            "image": {
+                "uri": self.uri,
+                "source_uri": self.source_uri,
+                "kind": self.kind,
+                "width": self.width,
+                "height": self.height,
+                "sha256": self.sha256,
+            },
+            "annotations": [dict(a) for a in self.annotations],
+            "split": split,
+        }
+
+
+@dataclass
+class DatasetResult:
+    """What :func:`build_training_dataset` did (or found already done)."""
+
+    version: str
+    manifest_uri: str
+    already_published: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    objects_written: int = 0
+
+
+def collect_samples(
+    store: ObjectStore, manifest: ManifestStore, config: DatasetConfig
+) -> tuple[list[Sample], list[dict[str, Any]], list[str]]:
+    """Every normalized image of ``config.variant`` with its annotations, the COCO
+    categories (the user's ids; the first batch's name wins for an id), and the normalize
+    manifest URIs read."""
+    samples: list[Sample] = []
+    categories: dict[int, dict[str, Any]] = {}
+    sources: list[str] = []
+    for m in manifest.manifests(INGEST):
+        augment = current_augment_key(manifest, m.partition_key, config.augment_tag)
+        nkey = NormalizeKey.of(augment, config.variant, config.policy_hash)
+        record = published(manifest, NORMALIZE, str(nkey))
+        aug_record = published(manifest, AUGMENT, str(augment))
+        if record is None or aug_record is None:
+            continue  # not normalized yet for this variant and policy: a later version
+        sources.append(str(record.manifest_uri))
+        doc = read_document(store, record, NormalizeManifest)
+        aug = read_document(store, aug_record, AugmentManifest)
+        origin = {s.uri: s.sha256 for s in aug.sources}
+        origin |= {o.uri: o.source_sha256 for o in aug.outputs}
+        coco = json.loads(store.get_bytes(parse_s3_uri(doc.annotations.coco_uri)))
+        for c in coco["categories"]:
+            categories.setdefault(int(c["id"]), {"id": int(c["id"]), "name": str(c["name"])})
+        image_ids = {img["file_name"]: img["id"] for img in coco["images"]}
+        by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in coco["annotations"]:
+            kept = {k: ann[k] for k in ("category_id", "bbox", "area", "iscrowd") if k in ann}
+            if ann.get("segmentation"):
+                kept["segmentation"] = ann["segmentation"]
+            by_image.setdefault(ann["image_id"], []).append(kept)
+        for out in doc.outputs:
+            samples.append(
+                Sample(
+                    key=hashlib.sha256(out.output_uri.encode()).hexdigest()[:32],
+                    uri=out.output_uri,
+                    etag=out.etag,
+                    sha256=out.sha256,
+                    kind=out.source_kind,
+                    width=out.width,
+                    height=out.height,
+                    origin_sha256=origin.get(out.source_uri) or out.sha256,
+                    source_uri=out.source_uri,
+                    annotations=tuple(by_image.get(image_ids.get(out.output_uri), [])),
+                )
+            )
+    samples.sort(key=lambda s: s.key)
+    return samples, [categories[k] for k in sorted(categories)], sources
+
+
+def dataset_version(samples: Iterable[Sample], config: DatasetConfig) -> str:
+    """``ds-<16 hex>`` over every sample (key, bytes, annotations, split) and the settings
+    that shape the shards: the same inputs give the same id."""
+    digest = hashlib.sha256()
+    digest.update(
+        json.dumps(
+            {"variant": config.variant, "shard_images": config.shard_images, "rule": SPLIT_RULE}
+        ).encode()
+    )
+    for s in samples:
+        row = [s.key, s.sha256, s.split(config.val_fraction), [dict(a) for a in s.annotations]]
+        digest.update(json.dumps(row, sort_keys=True).encode())
+    return f"ds-{digest.hexdigest()[:16]}"
+
+
+def write_shard(path: Path, members: Iterable[tuple[Sample, Path, str]]) -> None:
+    """A tar in WebDataset layout at ``path``: ``<key>.jpg`` then ``<key>.json`` per sample,
+    in the given order, with fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same
+    samples give the same bytes."""
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample, local, split in members:
+            add(tar, f"{sample.key}.jpg", local.read_bytes())
+            label = json.dumps(sample.label(split), sort_keys=True).encode()
+            add(tar, f"{sample.key}.json", label)
+
+
+def build_training_dataset(
+    *,
+    store: ObjectStore,
+    staging: NvmeStaging,
+    manifest: ManifestStore,
+    config: DatasetConfig,
+    run_id: str | None = None,
+    log_fn: Callable[[str], None] = print,
+) -> DatasetResult:
+    """Assemble, shard and publish the dataset version of what is normalized now.
+
+    Raises :class:`EmptyTrainingSet` when nothing of ``config.variant`` is normalized yet,
+    and the object store's errors for a failed transfer (a retry can succeed)."""
+    samples, categories, sources = collect_samples(store, manifest, config)
+    if not samples:
+        raise EmptyTrainingSet(
+            f"no normalized image of variant {config.variant!r} yet: run the earlier stages "
+            "first (imageml run --until normalize)"
+        )
+    version = dataset_version(samples, config)
+    base = training_dataset_base(config.training_uri, version)
+    manifest_uri = base.join("manifest.json")
+    if (record := published(manifest, TRAINING_SHARDS, version)) is not None:
+        log_fn(f"{version}: already published; nothing to do")
+        counts = TrainingDatasetSummary.from_json(record.details).counts
+        return DatasetResult(version, str(record.manifest_uri), True, dict(counts))
+    splits: dict[str, list[Sample]] = {"train": [], "val": []}
+    for s in samples:
+        if (split := s.split(config.val_fraction)) is not None:
+            splits[split].append(s)
+    log_fn(
+        f"{version}: {len(splits['train'])} train / {len(splits['val'])} val images of "
+        f"{config.variant} from {len(sources)} batch(es)"
+    )
+    with staging.job("train", version, run_id) as job:
+        infos = [ObjectInfo(parse_s3_uri(s.uri), s.etag, 0) for s in samples]
+        staged = {str(o.info.uri): o.path for o in staging.stage_in(store, infos, job)}
+        out_dir = staging.area("output", job)
+        files: list[tuple[Path, S3Uri]] = []
+        shards: list[Shard] = []
+        for split, members in splits.items():
+            for n in range(0, len(members), config.shard_images):
+                chunk = members[n : n + config.shard_images]
+                name = training_shard_name(split, n // config.shard_images)
+                local = out_dir / name
+                write_shard(local, [(s, staged[s.uri], split) for s in chunk])
+                data = local.read_bytes()
+                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                sha = hashlib.sha256(data).hexdigest()
+                files.append((local, base.join(name)))
+                shards.append(Shard(str(base.join(name)), split, len(chunk), md5, sha))
+        document = TrainingDatasetManifest(
+            partition_key=version,
+            dataset=config.dataset_name,
+            variant=config.variant,
+            normalization_policy_hash=config.policy_hash,
+            val_fraction=config.val_fraction,
+            split_rule=SPLIT_RULE,
+            sources=tuple(sources),
+            categories=tuple(categories),
+            shards=tuple(shards),
+            counts={k: len(v) for k, v in splits.items()},
+        )
+        written = publish_partition(
+            document,
+            manifest_uri=manifest_uri,
+            object_store=store,
+            manifest_store=manifest,
+            outputs=OutputFiles(
+                files, {p: (s.etag, s.sha256) for (p, _), s in zip(files, shards, strict=True)}
+            ),
+            run_id=run_id,
+        )
+    return DatasetResult(version, str(manifest_uri), False, dict(document.counts), written)
