@@ -23,7 +23,8 @@ import dagster as dg
 from imageml_assets.definitions import build_definitions, build_resources
 from imageml_assets.defs.mirror import mirror_materializations
 from imageml_assets.defs.normalize import NORMALIZE_JOB
-from imageml_assets.defs.train import TRAINING_SHARDS_JOB, train_variant
+from imageml_assets.defs.train import TRAINING_SHARDS_JOB
+from imageml_assets.defs.train.assets import dataset_config
 from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.partitions import ingest_batches
 from imageml_cli.recovery import fail_dead_runs, reconcile_materializations, run_tags
@@ -32,6 +33,7 @@ from imageml_core.manifest.annotation_versions import current_augment_key
 from imageml_core.manifest.documents import TrainingDatasetSummary
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
+from imageml_core.stages.train.dataset import current_sources, inputs_fingerprint
 from imageml_resources import open_manifest_store
 
 # Stages in pipeline order and the assets each one materializes.
@@ -167,23 +169,26 @@ def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[N
     return [k for k in keys if store.get_manifest(NORMALIZE, str(k)) is None]
 
 
-def _training_set_behind(store: ManifestStore, settings: Settings) -> bool:
-    """Whether a normalize partition was published after the newest training dataset
-    version (or the split fraction or variant changed): then a new version may be due.
-    Nothing normalized yet: nothing to build."""
-    normalized = store.manifests(NORMALIZE)
-    if not normalized:
-        return False
-    built = store.manifests(TRAINING_SHARDS)
-    if not built:
-        return True
-    newest = built[-1]
-    summary = TrainingDatasetSummary.from_json(newest.details)
-    return (
-        normalized[-1].id > newest.id
-        or summary.variant != train_variant(settings)
-        or summary.val_fraction != settings.train_val_fraction
+def _training_set_behind(
+    store: ManifestStore, settings: Settings, resources: dict[str, Any]
+) -> bool:
+    """Whether no dataset version was built from the current inputs and settings (their
+    fingerprint, :func:`~imageml_core.stages.train.dataset.inputs_fingerprint`, read from
+    the manifest store alone). Going back to earlier settings finds the earlier version."""
+    config = dataset_config(
+        settings,
+        resources["normalization"].get_policy(),
+        resources["augmentation"].get_spec().tag,
+        settings.training_uri,
     )
+    sources = [str(n.manifest_uri) for n, _ in current_sources(store, config)]
+    if not sources:
+        return False
+    wanted = inputs_fingerprint(sources, config)
+    built = {
+        TrainingDatasetSummary.from_json(m.details).inputs for m in store.manifests(TRAINING_SHARDS)
+    }
+    return wanted not in built
 
 
 def _recover(
@@ -330,7 +335,7 @@ def _run_stages(
     if "train" in stages:
         if not store.manifests(NORMALIZE):
             echo("[train] nothing is normalized yet: no training dataset to build")
-        elif _training_set_behind(store, settings):
+        elif _training_set_behind(store, settings, resources):
             echo("[train] building the training dataset version")
             train_work = [(None, ["train"], {"imageml/trigger": "run"})]
             job_def = defs.resolve_job_def(TRAINING_SHARDS_JOB)

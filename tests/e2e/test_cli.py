@@ -41,6 +41,7 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     # 11 images x 2 augmented copies; (11 originals + 22 copies) x 3 variants.
     assert "22 augmented images, 99 normalized variants" in out
     assert "not-an-image.jpg: not an image (unrecognised format)" in out
+    assert "training dataset ds-" in out and " val images, s3://imageml/gold/datasets/" in out
     assert "rerun launched 0 run(s)" in out
     assert "services stopped" in out
     # SeaweedFS is gone: nothing listens with our data directory any more.
@@ -61,7 +62,10 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     by_step = {}
     for edge in chain["downstream"]:
         by_step.setdefault(edge["step"], []).append(edge)
-    # ZIP -> 5 members -> 10 augmented copies -> (5 + 10) x 3 size variants
+    # ZIP -> 5 members -> 10 augmented copies -> (5 + 10) x 3 size variants -> the shards
+    # of the training variant (all 15 of its images, less copies of validation originals).
+    shards = by_step.pop("training_shards")
+    assert 5 <= len(shards) <= 15 and all(e["output_uri"].endswith(".tar") for e in shards)
     assert {k: len(v) for k, v in by_step.items()} == {"ingest": 5, "augment": 10, "normalize": 45}
     assert all(
         e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in by_step["ingest"]

@@ -8,7 +8,9 @@ import dagster as dg
 from imageml_assets.stage_images import stage_op_tags
 from imageml_core.settings import ConfigError, Settings
 from imageml_core.sizes import parse_sizes
+from imageml_core.stages.normalize.image import NormalizePolicy
 from imageml_core.stages.train.dataset import SPLIT_RULE, DatasetConfig, build_training_dataset
+from imageml_core.uris import S3Uri
 from imageml_resources import (
     AugmentationResource,
     DataLayoutResource,
@@ -30,6 +32,24 @@ def train_variant(settings: Settings) -> str:
             f"{', '.join(names)}"
         )
     return variant
+
+
+def dataset_config(
+    settings: Settings, policy: NormalizePolicy, augment_tag: str, training_uri: S3Uri
+) -> DatasetConfig:
+    """The gold tier's configuration from the settings, the current normalization policy
+    and augmentation (what the asset builds and what ``imageml run`` checks)."""
+    variant = train_variant(settings)
+    spec = next(v for v in policy.variants if v.name == variant)
+    return DatasetConfig(
+        variant=variant,
+        policy_hash=policy.variant_hash(spec),
+        augment_tag=augment_tag,
+        val_fraction=settings.train_val_fraction,
+        shard_images=settings.train_shard_images,
+        training_uri=training_uri,
+        dataset_name=settings.dataset_name,
+    )
 
 
 def build_training_shards(settings: Settings) -> dg.AssetsDefinition:
@@ -65,20 +85,15 @@ def build_training_shards(settings: Settings) -> dg.AssetsDefinition:
         augmentation: AugmentationResource,
         normalization: NormalizationResource,
     ) -> dg.MaterializeResult:
-        policy = normalization.get_policy()
-        spec = next(v for v in policy.variants if v.name == variant)
         result = build_training_dataset(
             store=object_store.get_client(),
             staging=nvme.get_staging(),
             manifest=manifest_store.get_store(),
-            config=DatasetConfig(
-                variant=variant,
-                policy_hash=policy.variant_hash(spec),
-                augment_tag=augmentation.get_spec().tag,
-                val_fraction=settings.train_val_fraction,
-                shard_images=settings.train_shard_images,
-                training_uri=layout.uri("training"),
-                dataset_name=layout.dataset_name,
+            config=dataset_config(
+                settings,
+                normalization.get_policy(),
+                augmentation.get_spec().tag,
+                layout.uri("training"),
             ),
             run_id=context.run_id,
             log_fn=context.log.info,
@@ -90,6 +105,7 @@ def build_training_shards(settings: Settings) -> dg.AssetsDefinition:
                 "train_images": result.counts.get("train", 0),
                 "val_images": result.counts.get("val", 0),
                 "objects_written": result.objects_written,
+                "left_out": len(result.left_out),
                 "dagster/row_count": sum(result.counts.values()),
                 "manifest_uri": dg.MetadataValue.url(result.manifest_uri),
             },

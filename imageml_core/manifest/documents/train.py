@@ -43,17 +43,21 @@ class Shard:
 @dataclass(frozen=True)
 class TrainingDatasetSummary:
     """What the manifest store keeps for a dataset version: its variant, the split rule's
-    fraction and the sample counts per split."""
+    fraction, the sample counts per split and ``inputs``, the fingerprint of the normalize
+    manifests and settings it was built from (``imageml run`` compares it to decide whether
+    a build is due)."""
 
     variant: str
     val_fraction: float
     counts: Mapping[str, int]
+    inputs: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "variant": self.variant,
             "val_fraction": self.val_fraction,
             "counts": dict(self.counts),
+            "inputs": self.inputs,
         }
 
     @classmethod
@@ -63,6 +67,7 @@ class TrainingDatasetSummary:
             variant=read_field(doc, "variant", str, what),
             val_fraction=read_field(doc, "val_fraction", float, what),
             counts=read_field(doc, "counts", dict, what),
+            inputs=str(doc.get("inputs") or ""),
         )
 
 
@@ -72,8 +77,10 @@ class TrainingDatasetManifest(StageDocument):
 
     ``partition_key`` is the version id (``ds-<16 hex>``, a hash of every sample's bytes,
     annotations and split, and of the split and shard settings: the same inputs give the
-    same id). ``sources`` are the normalize partitions it was assembled from;
-    ``categories`` the COCO categories (the user's ids); ``split_rule`` states the rule.
+    same id). ``inputs`` fingerprints the normalize manifests (``sources``) and settings it
+    was built from; ``categories`` the COCO categories (the user's ids); ``split_rule``
+    states the rule; ``left_out`` normalized images that could not be read (URI -> reason);
+    ``members`` the image URIs of each shard, in shard order.
     """
 
     step: ClassVar = TRAINING_SHARDS
@@ -83,11 +90,15 @@ class TrainingDatasetManifest(StageDocument):
     variant: str
     normalization_policy_hash: str
     val_fraction: float
+    shard_images: int
+    inputs: str
     split_rule: str
     sources: tuple[str, ...]
     categories: tuple[Mapping[str, Any], ...]
     shards: tuple[Shard, ...]
     counts: Mapping[str, int]
+    left_out: Mapping[str, str]
+    members: Mapping[str, list[str]]
 
     def body(self) -> dict[str, Any]:
         return {
@@ -95,11 +106,15 @@ class TrainingDatasetManifest(StageDocument):
             "variant": self.variant,
             "normalization_policy_hash": self.normalization_policy_hash,
             "val_fraction": self.val_fraction,
+            "shard_images": self.shard_images,
+            "inputs": self.inputs,
             "split_rule": self.split_rule,
             "sources": list(self.sources),
             "categories": [dict(c) for c in self.categories],
             "shards": [s.to_json() for s in self.shards],
             "counts": dict(self.counts),
+            "left_out": dict(self.left_out),
+            "members": {k: list(v) for k, v in self.members.items()},
         }
 
     @classmethod
@@ -111,15 +126,21 @@ class TrainingDatasetManifest(StageDocument):
             variant=read_field(doc, "variant", str, what),
             normalization_policy_hash=read_field(doc, "normalization_policy_hash", str, what),
             val_fraction=read_field(doc, "val_fraction", float, what),
+            shard_images=read_field(doc, "shard_images", int, what),
+            inputs=read_field(doc, "inputs", str, what),
             split_rule=read_field(doc, "split_rule", str, what),
             sources=read_field(doc, "sources", lambda v: tuple(str(s) for s in v), what),
             categories=read_field(doc, "categories", lambda v: tuple(dict(c) for c in v), what),
             shards=read_field(doc, "shards", lambda v: tuple(Shard.from_json(s) for s in v), what),
             counts=read_field(doc, "counts", dict, what),
+            left_out=read_field(doc, "left_out", dict, what),
+            members=read_field(doc, "members", dict, what),
         )
 
     def summary(self) -> dict[str, Any]:
-        return TrainingDatasetSummary(self.variant, self.val_fraction, self.counts).to_json()
+        return TrainingDatasetSummary(
+            self.variant, self.val_fraction, self.counts, self.inputs
+        ).to_json()
 
     def ledger(self) -> list[ProcessedObject]:
         """One ok row per shard."""
@@ -134,7 +155,10 @@ class TrainingDatasetManifest(StageDocument):
         ]
 
     def edges(self) -> list[LineageEdge]:
-        """Normalize partition -> every shard (the per-image chain is in the shards' JSON)."""
+        """Normalized image -> the shard that holds it, so lineage runs from a raw object to
+        the gold shards (and back)."""
         return [
-            LineageEdge(src, s.uri, TRAINING_SHARDS) for src in self.sources for s in self.shards
+            LineageEdge(image, shard, TRAINING_SHARDS)
+            for shard, images in self.members.items()
+            for image in images
         ]

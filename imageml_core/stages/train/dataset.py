@@ -48,12 +48,13 @@ from imageml_core.manifest.interface import (
     INGEST,
     NORMALIZE,
     TRAINING_SHARDS,
+    ManifestRecord,
     ManifestStore,
 )
 from imageml_core.manifest.keys import NormalizeKey, training_dataset_base, training_shard_name
 from imageml_core.manifest.publish import OutputFiles, publish_partition, published, read_document
 from imageml_core.storage.object_store import ObjectInfo, ObjectStore
-from imageml_core.storage.staging import NvmeStaging
+from imageml_core.storage.staging import NvmeStaging, raise_unless_quarantinable, staging_reason
 from imageml_core.uris import S3Uri, parse_s3_uri
 
 SPLIT_RULE = (
@@ -131,6 +132,41 @@ class DatasetResult:
     already_published: bool
     counts: dict[str, int] = field(default_factory=dict)
     objects_written: int = 0
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+def current_sources(
+    manifest: ManifestStore, config: DatasetConfig
+) -> list[tuple[ManifestRecord, ManifestRecord]]:
+    """(normalize, augment) manifest rows the set is built from now: for every ingest
+    batch, its current augmentation and annotation version under ``config.variant``'s
+    policy; batches not normalized that way yet are not in it (a later version has them).
+    Reads the manifest store only."""
+    out = []
+    for m in manifest.manifests(INGEST):
+        augment = current_augment_key(manifest, m.partition_key, config.augment_tag)
+        nkey = NormalizeKey.of(augment, config.variant, config.policy_hash)
+        record = published(manifest, NORMALIZE, str(nkey))
+        aug_record = published(manifest, AUGMENT, str(augment))
+        if record is not None and aug_record is not None:
+            out.append((record, aug_record))
+    return out
+
+
+def inputs_fingerprint(sources: Iterable[str], config: DatasetConfig) -> str:
+    """16 hex over the normalize manifests read and every setting that shapes a version
+    (variant, policy, split fraction, shard size, the split rule): a version with the same
+    fingerprint is the one these inputs make, so ``imageml run`` can tell without reading
+    S3 whether a build is due."""
+    doc = {
+        "sources": sorted(sources),
+        "variant": config.variant,
+        "policy_hash": config.policy_hash,
+        "val_fraction": config.val_fraction,
+        "shard_images": config.shard_images,
+        "rule": SPLIT_RULE,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def collect_samples(
@@ -138,17 +174,11 @@ def collect_samples(
 ) -> tuple[list[Sample], list[dict[str, Any]], list[str]]:
     """Every normalized image of ``config.variant`` with its annotations, the COCO
     categories (the user's ids; the first batch's name wins for an id), and the normalize
-    manifest URIs read."""
+    manifest URIs read (:func:`current_sources`)."""
     samples: list[Sample] = []
     categories: dict[int, dict[str, Any]] = {}
     sources: list[str] = []
-    for m in manifest.manifests(INGEST):
-        augment = current_augment_key(manifest, m.partition_key, config.augment_tag)
-        nkey = NormalizeKey.of(augment, config.variant, config.policy_hash)
-        record = published(manifest, NORMALIZE, str(nkey))
-        aug_record = published(manifest, AUGMENT, str(augment))
-        if record is None or aug_record is None:
-            continue  # not normalized yet for this variant and policy: a later version
+    for record, aug_record in current_sources(manifest, config):
         sources.append(str(record.manifest_uri))
         doc = read_document(store, record, NormalizeManifest)
         aug = read_document(store, aug_record, AugmentManifest)
@@ -183,13 +213,19 @@ def collect_samples(
     return samples, [categories[k] for k in sorted(categories)], sources
 
 
-def dataset_version(samples: Iterable[Sample], config: DatasetConfig) -> str:
-    """``ds-<16 hex>`` over every sample (key, bytes, annotations, split) and the settings
-    that shape the shards: the same inputs give the same id."""
+def dataset_version(samples: Iterable[Sample], config: DatasetConfig, inputs: str = "") -> str:
+    """``ds-<16 hex>`` over the inputs' fingerprint (:func:`inputs_fingerprint`) and every
+    sample (key, bytes, annotations, split): the same inputs give the same id, and other
+    inputs or settings another one."""
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
-            {"variant": config.variant, "shard_images": config.shard_images, "rule": SPLIT_RULE}
+            {
+                "variant": config.variant,
+                "shard_images": config.shard_images,
+                "rule": SPLIT_RULE,
+                "inputs": inputs,
+            }
         ).encode()
     )
     for s in samples:
@@ -234,30 +270,55 @@ def build_training_dataset(
             f"no normalized image of variant {config.variant!r} yet: run the earlier stages "
             "first (imageml run --until normalize)"
         )
-    version = dataset_version(samples, config)
-    base = training_dataset_base(config.training_uri, version)
-    manifest_uri = base.join("manifest.json")
+    inputs = inputs_fingerprint(sources, config)
+    version = dataset_version(samples, config, inputs)
     if (record := published(manifest, TRAINING_SHARDS, version)) is not None:
         log_fn(f"{version}: already published; nothing to do")
         counts = TrainingDatasetSummary.from_json(record.details).counts
         return DatasetResult(version, str(record.manifest_uri), True, dict(counts))
-    splits: dict[str, list[Sample]] = {"train": [], "val": []}
-    for s in samples:
-        if (split := s.split(config.val_fraction)) is not None:
-            splits[split].append(s)
-    log_fn(
-        f"{version}: {len(splits['train'])} train / {len(splits['val'])} val images of "
-        f"{config.variant} from {len(sources)} batch(es)"
-    )
     with staging.job("train", version, run_id) as job:
         infos = [ObjectInfo(parse_s3_uri(s.uri), s.etag, 0) for s in samples]
-        staged = {str(o.info.uri): o.path for o in staging.stage_in(store, infos, job)}
+        failures: dict[str, Exception] = {}
+        staged = {
+            str(o.info.uri): o.path for o in staging.stage_in(store, infos, job, failures=failures)
+        }
+        raise_unless_quarantinable(failures)  # a network or disk error: a retry can work
+        # A normalized image deleted or replaced since stage 2 published it is left out and
+        # named in the manifest; the rest of the set goes on.
+        left_out = {uri: staging_reason(exc) for uri, exc in sorted(failures.items())}
+        for uri, reason in left_out.items():
+            log_fn(f"left out {uri}: {reason}")
+        if left_out:
+            samples = [s for s in samples if s.uri not in left_out]
+            version = dataset_version(samples, config, inputs)
+            if (record := published(manifest, TRAINING_SHARDS, version)) is not None:
+                log_fn(f"{version}: already published; nothing to do")
+                counts = TrainingDatasetSummary.from_json(record.details).counts
+                return DatasetResult(version, str(record.manifest_uri), True, dict(counts))
+        base = training_dataset_base(config.training_uri, version)
+        manifest_uri = base.join("manifest.json")
+        splits: dict[str, list[Sample]] = {"train": [], "val": []}
+        for s in samples:
+            if (split := s.split(config.val_fraction)) is not None:
+                splits[split].append(s)
+        log_fn(
+            f"{version}: {len(splits['train'])} train / {len(splits['val'])} val images of "
+            f"{config.variant} from {len(sources)} batch(es)"
+        )
+        if not splits["val"]:
+            log_fn(
+                f"{version}: no validation image: TRAIN_VAL_FRACTION={config.val_fraction} of "
+                f"{sum(s.kind == 'original' for s in samples)} originals selects none"
+            )
+        if not any(s.annotations for s in samples):
+            log_fn(f"{version}: no image has an annotation (an unlabelled set)")
         out_dir = staging.area("output", job)
         files: list[tuple[Path, S3Uri]] = []
         shards: list[Shard] = []
-        for split, members in splits.items():
-            for n in range(0, len(members), config.shard_images):
-                chunk = members[n : n + config.shard_images]
+        members: dict[str, list[str]] = {}
+        for split, chosen in splits.items():
+            for n in range(0, len(chosen), config.shard_images):
+                chunk = chosen[n : n + config.shard_images]
                 name = training_shard_name(split, n // config.shard_images)
                 local = out_dir / name
                 write_shard(local, [(s, staged[s.uri], split) for s in chunk])
@@ -266,17 +327,22 @@ def build_training_dataset(
                 sha = hashlib.sha256(data).hexdigest()
                 files.append((local, base.join(name)))
                 shards.append(Shard(str(base.join(name)), split, len(chunk), md5, sha))
+                members[str(base.join(name))] = [s.uri for s in chunk]
         document = TrainingDatasetManifest(
             partition_key=version,
             dataset=config.dataset_name,
             variant=config.variant,
             normalization_policy_hash=config.policy_hash,
             val_fraction=config.val_fraction,
+            shard_images=config.shard_images,
+            inputs=inputs,
             split_rule=SPLIT_RULE,
             sources=tuple(sources),
             categories=tuple(categories),
             shards=tuple(shards),
             counts={k: len(v) for k, v in splits.items()},
+            left_out=left_out,
+            members=members,
         )
         written = publish_partition(
             document,
@@ -288,4 +354,6 @@ def build_training_dataset(
             ),
             run_id=run_id,
         )
-    return DatasetResult(version, str(manifest_uri), False, dict(document.counts), written)
+    return DatasetResult(
+        version, str(manifest_uri), False, dict(document.counts), written, dict(left_out)
+    )

@@ -185,3 +185,46 @@ def test_bad_training_settings_and_an_empty_gold_set_are_one_line_errors(
     # `imageml run` with nothing normalized builds nothing and does not fail.
     _, lines = _run(settings, tmp_path)
     assert "[train] nothing is normalized yet: no training dataset to build" in lines
+
+
+def test_settings_changes_make_versions_and_a_deleted_image_is_left_out(
+    settings: Settings,
+    object_store: ObjectStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _upload(settings, object_store, range(6))
+    _run(settings, tmp_path)
+    store = open_manifest_store(settings.manifest_db_url)
+    first = store.manifests(TRAINING_SHARDS)[-1].partition_key
+
+    # Another shard size is another version; going back finds the first one again.
+    monkeypatch.setenv("TRAIN_SHARD_IMAGES", "2")
+    summary, lines = _run(Settings.from_env(), tmp_path)
+    assert "[train] building the training dataset version" in lines
+    second = store.manifests(TRAINING_SHARDS)[-1].partition_key
+    assert second != first
+    monkeypatch.setenv("TRAIN_SHARD_IMAGES", "5")
+    summary, lines = _run(Settings.from_env(), tmp_path)
+    assert summary.runs == [] and "[train] the training dataset version is up to date" in lines
+
+    # Lineage runs from a normalized image to the shard that holds it.
+    doc = read_document(object_store, store.manifests(TRAINING_SHARDS)[0], TrainingDatasetManifest)
+    shard, images = next(iter(doc.members.items()))
+    upstream = {e.input_uri for e in store.lineage(shard).upstream}  # the whole chain
+    assert set(images) <= upstream
+    assert any(u.endswith("/raw/set/img00.jpg") for u in upstream)  # back to the raw image
+
+    # A normalized image deleted before a build is left out and named; the set goes on.
+    gone = images[0]
+    target = parse_s3_uri(gone)
+    object_store.client.delete_object(Bucket=target.bucket, Key=target.key)  # by hand
+    monkeypatch.setenv("TRAIN_VAL_FRACTION", "0.5")
+    summary, _ = _run(Settings.from_env(), tmp_path)
+    newest = read_document(
+        object_store, store.manifests(TRAINING_SHARDS)[-1], TrainingDatasetManifest
+    )
+    assert newest.left_out == {gone: "no longer exists"}
+    assert gone not in {u for uris in newest.members.values() for u in uris}
+    (run,) = [r for r in summary.runs if r.stage == "train"]
+    assert run.metadata["training_shards"]["left_out"] == 1
