@@ -29,7 +29,6 @@ from imageml_core.manifest.documents import (
     IMAGE_KINDS,
     IngestedObject,
     ingested_objects,
-    ingested_under,
 )
 from imageml_core.manifest.interface import INGEST, Ledger, LedgerRecord
 from imageml_core.manifest.keys import ANNOTATION_VERSION_CHARS, AugmentKey
@@ -118,15 +117,22 @@ def folder_contents(ledger: Ledger, images: Sequence[IngestedObject]) -> FolderC
     """The contents of the folders ``images`` are in (one ledger query per folder)."""
     out = FolderContents()
     for folder in sorted({folder_of(i.uri) for i in images}):
-        objects = ingested_under(ledger, folder)
-        out.images[folder] = [
-            ImageRef(o.uri, o.width or 0, o.height or 0) for o in objects if o.is_image
-        ]
         revisions: dict[str, list[LedgerRecord]] = {}
         for r in ledger.processed_under(INGEST, folder + "/"):  # per URI, oldest first
-            if folder_of(r.uri) == folder and r.details.get("kind") in _ANNOTATION_KINDS:
+            if folder_of(r.uri) == folder:
                 revisions.setdefault(r.uri, []).append(r)
+        # An image counts in its latest revision, when that one is ok (as ingested_under).
+        out.images[folder] = [
+            ImageRef(o.uri, o.width or 0, o.height or 0)
+            for o in (
+                IngestedObject.from_record(h[-1])
+                for h in revisions.values()
+                if h[-1].ok and h[-1].details.get("kind") in IMAGE_KINDS
+            )
+        ]
         for uri, history in sorted(revisions.items()):
+            if history[-1].details.get("kind") not in _ANNOTATION_KINDS:
+                continue
             good = [r for r in history if r.ok]
             kept = IngestedObject.from_record(good[-1]) if good else None
             if kept is not None:

@@ -52,8 +52,8 @@ def _upload(store: ObjectStore, bucket: str) -> None:
     store.put_bytes(S3Uri(bucket, "raw/cam/pack.zip"), archive)
 
 
-def _run(env: dict[str, str], kill_at: str | None = None) -> tuple[int, float, str]:
-    started = time.monotonic()
+def _start(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``imageml run --until normalize`` in its own process group, output on a pipe."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "imageml_cli.main", "run", "--until", "normalize"],
         env={**os.environ, **env},
@@ -62,6 +62,13 @@ def _run(env: dict[str, str], kill_at: str | None = None) -> tuple[int, float, s
         text=True,
         start_new_session=True,
     )
+    assert proc.stdout is not None
+    return proc
+
+
+def _run(env: dict[str, str], kill_at: str | None = None) -> tuple[int, float, str]:
+    started = time.monotonic()
+    proc = _start(env)
     assert proc.stdout is not None
     output = []
     for line in proc.stdout:
@@ -155,14 +162,7 @@ def test_s3_restarted_mid_upload_fails_the_partition_and_the_rerun_completes_it(
         code, _, out = _run(envs["reference"])
         assert code == 0, out
 
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imageml_cli.main", "run", "--until", "normalize"],
-            env={**os.environ, **envs["faulty"]},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        proc = _start(envs["faulty"])
         assert proc.stdout is not None
         output = []
         for line in proc.stdout:
