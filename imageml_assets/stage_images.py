@@ -34,12 +34,18 @@ def stage_op_tags(stage: str) -> dict[str, Any]:
     """``op_tags`` that run a stage's steps in its own image (:func:`stage_image`) under the k8s
     executor: CPU/memory requests (memory limit = request), the NVMe host path
     (``IMAGEML_NVME_HOST_PATH``, default ``/mnt/nvme``) mounted at ``/mnt/nvme`` as
-    ``NVME_ROOT``, and a node selector ``imageml.io/nvme=true``. Raises ValueError for a stage
-    not in :data:`STAGES`."""
+    ``NVME_ROOT``, and a node selector ``imageml.io/nvme=true`` (plus
+    ``node.kubernetes.io/instance-type`` from ``TRAIN_INSTANCE_TYPE`` for train). Raises
+    ValueError for a stage not in :data:`STAGES`."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     requests = _DEFAULT_RESOURCES[stage]
     nvme_volume = os.environ.get("IMAGEML_NVME_HOST_PATH", "/mnt/nvme")
+    node_selector = {"imageml.io/nvme": "true"}
+    if stage == "train" and (kind := os.environ.get("TRAIN_INSTANCE_TYPE", "").strip()):
+        # The well-known label every cloud's nodes carry (Kubernetes docs, "Well-Known
+        # Labels, Annotations and Taints").
+        node_selector["node.kubernetes.io/instance-type"] = kind
     return {
         "imageml/stage": stage,
         "dagster-k8s/config": {
@@ -56,7 +62,7 @@ def stage_op_tags(stage: str) -> dict[str, Any]:
                         "host_path": {"path": nvme_volume, "type": "DirectoryOrCreate"},
                     }
                 ],
-                "node_selector": {"imageml.io/nvme": "true"},
+                "node_selector": node_selector,
             },
         },
     }

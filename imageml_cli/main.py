@@ -21,6 +21,7 @@ from imageml_core.settings import ConfigError, Settings
 from imageml_core.stages.augment.pipeline import PipelineConfigError
 from imageml_core.stages.ingest.archives import InvalidArchive
 from imageml_core.stages.ingest.batch import UnknownBatch
+from imageml_core.stages.train.tracking import TrackingError
 from imageml_core.storage.staging import InsufficientStagingSpace
 from imageml_core.uris import InvalidS3Uri
 from imageml_dev.embedded_s3 import EmbeddedServiceError
@@ -33,6 +34,7 @@ _USER_ERRORS = (
     UnknownBatch,
     InvalidArchive,
     PipelineConfigError,
+    TrackingError,
 )
 
 
@@ -108,7 +110,10 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
         for check, meta in sorted(run.failed_checks.items()):
             # The findings themselves (lists of URIs, quarantine reasons), first few of each.
             found = {k: v for k, v in meta.items() if isinstance(v, list | dict) and v}
-            echo(f"      check FAILED {check}")
+            echo(
+                f"      check FAILED {check}"
+                + (f": {meta['reason']}" if meta.get("reason") else "")
+            )
             for key, value in found.items():
                 items = list(value.items()) if isinstance(value, dict) else list(value)
                 for item in items[:3]:
@@ -117,6 +122,10 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
                     echo(f"        {key}: ... {len(items) - 3} more")
     echo(f"  mirrored {summary.mirrored} Dagster materialization(s) into the manifest store")
     echo(f"  {len(summary.runs)} run(s) in {summary.seconds:.1f} s")
+
+
+#: The demo's training: brief, on the small synthetic set (environment values win).
+DEMO_TRAINING = {"train_epochs": 30, "train_max_minutes": 1.0, "train_batch_size": 16}
 
 
 @cli.command()
@@ -141,10 +150,12 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
         INGEST,
         NORMALIZE,
         STATUS_QUARANTINED,
+        TRAIN,
         TRAINING_SHARDS,
     )
-    from imageml_core.manifest.documents import TrainingDatasetSummary
+    from imageml_core.manifest.documents import TrainedModelManifest, TrainingDatasetSummary
     from imageml_core.storage.object_store import ObjectStore
+    from imageml_core.uris import parse_s3_uri
     from imageml_dev.stack import embedded_stack
     from imageml_dev.synthetic import generate_dataset
     from imageml_resources.manifest_store import open_manifest_store
@@ -154,7 +165,19 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
         shutil.rmtree(work)
     started = time.monotonic()
     click.echo(f"ImageML demo in {work}")
-    with embedded_stack(work) as settings:
+    last = until or list(STAGES)[-1]
+    if last not in STAGES:
+        raise click.BadParameter(f"stages available: {', '.join(STAGES)}", param_hint="--until")
+    training = "train" in list(STAGES)[: list(STAGES).index(last) + 1]
+    with embedded_stack(work, mlflow=training) as settings:
+        # A brief training on the small synthetic set, unless the environment says otherwise.
+        settings = settings.with_overrides(
+            **{
+                name: value
+                for name, value in DEMO_TRAINING.items()
+                if not os.environ.get(name.upper(), "").strip()
+            }
+        )
         click.echo(
             f"  S3 (SeaweedFS) at {settings.s3_endpoint_url}; manifest store "
             f"{redacted(settings.manifest_db_url)}"
@@ -165,7 +188,6 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
         store.upload_many([(local / f, settings.raw_uri.join("synthetic", str(f))) for f in files])
         click.echo(f"  uploaded {len(files)} raw objects to {settings.raw_uri}/synthetic/")
         instance = open_instance(work / "dagster")
-        last = until or list(STAGES)[-1]
         summary = run_pipeline(settings, instance, until=last, echo=lambda m: click.echo(f"  {m}"))
         _print_summary(summary)
         click.echo("  second pass (nothing is new, so nothing runs):")
@@ -187,6 +209,21 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
                 f"  training dataset {d.partition_key}: {counts.get('train', 0)} train / "
                 f"{counts.get('val', 0)} val images, {d.manifest_uri}"
             )
+        for t in manifest.manifests(TRAIN)[-1:]:
+            model = TrainedModelManifest.from_bytes(
+                store.get_bytes(parse_s3_uri(str(t.manifest_uri)))
+            )
+            figures = ", ".join(f"{k} {v:.3f}" for k, v in sorted(model.metrics.items()))
+            champion = "champion" if model.promotion.get("promoted") else "not promoted"
+            click.echo(
+                f"  model {model.registered_model} version {model.model_version} "
+                f"({champion}: {model.promotion.get('reason', '')}): {figures}"
+            )
+            click.echo(f"    MLflow run {model.run_url or model.run_id}")
+            click.echo(
+                f"    load it: mlflow.pytorch.load_model('models:/{model.registered_model}"
+                f"@{settings.promotion_alias}') with MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri}"
+            )
         click.echo(f"  rerun launched {len(again.runs)} run(s)")
         click.echo(
             f"  lineage example: imageml lineage --home {work} {settings.raw_uri}/synthetic/shapes-archive.zip"
@@ -207,7 +244,13 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
     type=click.Path(file_okay=False),
     help="Embedded Dagster home when DAGSTER_HOME is unset.",
 )
-def run(until: str | None, sizes: str | None, home: str | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Train today's model even if one trained on the same dataset version and "
+    "configuration exists.",
+)
+def run(until: str | None, sizes: str | None, home: str | None, force: bool) -> None:
     """Process whatever is new now, through the sensors' own definitions (for cron, CI, debugging)."""
     import dagster as dg
 
@@ -227,7 +270,7 @@ def run(until: str | None, sizes: str | None, home: str | None) -> None:
         if os.environ.get("DAGSTER_HOME")
         else open_instance(_home(home, "dagster"))
     )
-    summary = run_pipeline(settings, instance, until=until, echo=click.echo)
+    summary = run_pipeline(settings, instance, until=until, echo=click.echo, force=force)
     _print_summary(summary)
     if summary.failed:
         raise click.ClickException(f"{len(summary.failed)} run(s) failed")
@@ -277,6 +320,39 @@ def lineage(uri: str, as_json: bool, home: str | None) -> None:
 
 
 @cli.command()
+@click.argument("version")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Registered model [default: REGISTERED_MODEL_NAME, else imageml-<TRAIN_TASK>].",
+)
+def promote(version: str, model_name: str | None) -> None:
+    """Point the promotion alias (PROMOTION_ALIAS, default champion) at VERSION by hand:
+    the manual override of the promotion gate."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from imageml_core.stages.train.tracking import check_reachable, redact_uri, set_champion
+
+    settings = Settings.from_env()
+    if not settings.mlflow_tracking_uri:
+        raise click.ClickException("MLFLOW_TRACKING_URI is not set: name the MLflow server")
+    check_reachable(settings.mlflow_tracking_uri)
+    name = model_name or settings.registered_model
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
+    try:
+        decision = set_champion(client, name, version, alias=settings.promotion_alias)
+    except MlflowException as exc:
+        raise click.ClickException(
+            f"cannot promote {name} version {version} at "
+            f"{redact_uri(settings.mlflow_tracking_uri)}: {str(exc).splitlines()[0]}"
+        ) from None
+    before = decision.champion_version or "none"
+    click.echo(f"{name}@{settings.promotion_alias} -> version {version} (was {before})")
+
+
+@cli.command()
 @click.option(
     "--home", type=click.Path(file_okay=False), help="Working directory [default: ./.imageml/dev]."
 )
@@ -295,6 +371,7 @@ def dev(home: str | None, port: int, s3_port: int) -> None:
         click.echo(
             f"S3 at {settings.s3_endpoint_url} (key {env['AWS_ACCESS_KEY_ID']}); raw prefix {settings.raw_uri}"
         )
+        click.echo(f"MLflow UI at {settings.mlflow_tracking_uri}")
         click.echo(f"Dagster UI at http://127.0.0.1:{port}  (Ctrl-C stops everything)")
         # Own process group: `dagster dev` ignores SIGTERM from a non-interactive parent.
         proc = subprocess.Popen(

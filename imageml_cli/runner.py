@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ import dagster as dg
 from imageml_assets.definitions import build_definitions, build_resources
 from imageml_assets.defs.mirror import mirror_materializations
 from imageml_assets.defs.normalize import NORMALIZE_JOB
-from imageml_assets.defs.train import TRAINING_SHARDS_JOB
+from imageml_assets.defs.train import TRAINED_MODEL_JOB, TRAINING_SHARDS_JOB
 from imageml_assets.defs.train.assets import dataset_config
+from imageml_assets.defs.train.config import training_plan
+from imageml_assets.defs.train.schedule import partition_for
 from imageml_assets.jobs import ingest_and_augment_job
 from imageml_assets.partitions import ingest_batches
 from imageml_cli.recovery import fail_dead_runs, reconcile_materializations, run_tags
@@ -33,7 +36,9 @@ from imageml_core.manifest.annotation_versions import current_augment_key
 from imageml_core.manifest.documents import TrainingDatasetSummary
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
+from imageml_core.stages.train.curated import listing_fingerprint
 from imageml_core.stages.train.dataset import current_sources, inputs_fingerprint
+from imageml_core.stages.train.training import UnknownDataset, current_training, resolve_dataset
 from imageml_resources import open_manifest_store
 
 # Stages in pipeline order and the assets each one materializes.
@@ -41,7 +46,9 @@ STAGES: dict[str, list[str]] = {
     "ingest": ["raw_images"],
     "augment": ["augmented_images"],
     "normalize": ["normalized_variants"],
-    "train": ["training_shards"],
+    # The gold tier alone (``--until gold``): a dataset version, no training.
+    "gold": ["training_shards"],
+    "train": ["trained_model"],
 }
 STAGE1 = ("ingest", "augment")
 SENSOR = "raw_objects_sensor"
@@ -171,24 +178,43 @@ def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[N
 
 def _training_set_behind(
     store: ManifestStore, settings: Settings, resources: dict[str, Any]
-) -> bool:
+) -> bool | None:
     """Whether no dataset version was built from the current inputs and settings (their
-    fingerprint, :func:`~imageml_core.stages.train.dataset.inputs_fingerprint`, read from
-    the manifest store alone). Going back to earlier settings finds the earlier version."""
+    fingerprint, read from the manifest store alone; for a curated prefix, from its
+    listing). None when there is nothing to build from. Going back to earlier settings
+    finds the earlier version."""
     config = dataset_config(
         settings,
         resources["normalization"].get_policy(),
         resources["augmentation"].get_spec().tag,
         settings.training_uri,
     )
-    sources = [str(n.manifest_uri) for n, _ in current_sources(store, config)]
-    if not sources:
-        return False
-    wanted = inputs_fingerprint(sources, config)
+    if config.curated_uri is not None:
+        listed = list(resources["object_store"].get_client().list_objects(config.curated_uri))
+        if not listed:
+            return None
+        wanted = listing_fingerprint(listed, config)
+    else:
+        sources = [str(n.manifest_uri) for n, _ in current_sources(store, config)]
+        if not sources:
+            return None
+        wanted = inputs_fingerprint(sources, config)
     built = {
         TrainingDatasetSummary.from_json(m.details).inputs for m in store.manifests(TRAINING_SHARDS)
     }
     return wanted not in built
+
+
+def _model_behind(store: ManifestStore, settings: Settings) -> str | None:
+    """Why a training is due (the dataset version it would train on), or None when a
+    model trained on that version with this configuration is already recorded, whatever
+    its day: ``imageml run`` does not retrain a model that is current."""
+    try:
+        record = resolve_dataset(store, settings.train_dataset)
+    except UnknownDataset:
+        return None
+    fingerprint = training_plan(settings).fingerprint(record.partition_key)
+    return None if current_training(store, fingerprint) else record.partition_key
 
 
 def _recover(
@@ -219,17 +245,23 @@ def run_pipeline(
     until: str = "normalize",
     echo: Callable[[str], None] = print,
     log_level: str = "INFO",
+    force: bool = False,
 ) -> RunSummary:
-    """Run every stage up to ``until`` (ingest, augment or normalize) once, in process.
+    """Run every stage up to ``until`` (a key of :data:`STAGES`) once, in process.
 
     New batches come from the raw-objects sensor with an empty cursor; earlier batches not yet
-    augmented or normalized for the current pipeline and policy are added. Materializations
+    augmented or normalized for the current pipeline and policy are added; the gold tier is
+    rebuilt when its inputs changed; today's model (in ``TRAIN_SCHEDULE_TIMEZONE``) is
+    trained unless one trained on the same dataset version and configuration exists
+    (``force`` trains anyway). Materializations
     are then mirrored into the manifest store. Progress goes to ``echo``; failed runs are
     recorded in the summary, not raised. Raises ValueError for an unknown ``until``,
     :class:`~imageml_core.stages.augment.pipeline.PipelineConfigError` for a bad pipeline,
     and :class:`RunInterrupted` when SIGTERM or SIGINT arrives (no further run starts)."""
     with _sigterm_as_interrupt():
-        return _run_pipeline(settings, instance, until=until, echo=echo, log_level=log_level)
+        return _run_pipeline(
+            settings, instance, until=until, echo=echo, log_level=log_level, force=force
+        )
 
 
 def _run_pipeline(
@@ -239,6 +271,7 @@ def _run_pipeline(
     until: str,
     echo: Callable[[str], None],
     log_level: str,
+    force: bool = False,
 ) -> RunSummary:
     stages = _stages_until(until)
     started = time.monotonic()
@@ -254,7 +287,7 @@ def _run_pipeline(
     try:
         _recover(instance, store, resources, echo)
         _run_stages(
-            defs, job, stages, instance, store, resources, settings, summary, echo, log_level
+            defs, job, stages, instance, store, resources, settings, summary, echo, log_level, force
         )
         asset_keys = list(defs.resolve_asset_graph().get_all_asset_keys())
         summary.mirrored = mirror_materializations(instance, asset_keys, store)
@@ -277,9 +310,11 @@ def _run_stages(
     summary: RunSummary,
     echo: Callable[[str], None],
     log_level: str,
+    force: bool = False,
 ) -> None:
     """The sensor's run requests, the batches behind, then normalize, then the training
-    dataset version: run after run."""
+    dataset version, then the day's model (``force``: even if one is current): run after
+    run."""
 
     sensor = defs.resolve_sensor_def(SENSOR)
     with dg.build_sensor_context(
@@ -332,16 +367,39 @@ def _run_stages(
             defs.resolve_job_def(NORMALIZE_JOB), normalize_work, instance, summary, echo, log_level
         )
 
-    if "train" in stages:
-        if not store.manifests(NORMALIZE):
-            echo("[train] nothing is normalized yet: no training dataset to build")
-        elif _training_set_behind(store, settings, resources):
-            echo("[train] building the training dataset version")
-            train_work = [(None, ["train"], {"imageml/trigger": "run"})]
+    if "gold" in stages:
+        behind = _training_set_behind(store, settings, resources)
+        source = settings.train_curated_uri or "normalized"
+        if behind is None:
+            echo(
+                f"[gold] nothing {'is normalized' if source == 'normalized' else f'in {source}'} yet: no training dataset to build"
+            )
+        elif behind:
+            echo("[gold] building the training dataset version")
+            work = [(None, ["gold"], {"imageml/trigger": "run"})]
             job_def = defs.resolve_job_def(TRAINING_SHARDS_JOB)
-            _execute(job_def, train_work, instance, summary, echo, log_level)
+            _execute(job_def, work, instance, summary, echo, log_level)
         else:
-            echo("[train] the training dataset version is up to date")
+            echo("[gold] the training dataset version is up to date")
+
+    if "train" in stages:
+        due = _model_behind(store, settings)
+        if due is None and not force:
+            if store.manifests(TRAINING_SHARDS):
+                echo(
+                    "[train] the model is current (trained on this dataset version and configuration)"
+                )
+            else:
+                echo("[train] no training dataset version yet: nothing to train")
+            return
+        day = partition_for(datetime.now(UTC), settings.train_schedule_timezone)
+        echo(
+            f"[train] training the {day} model{' (forced)' if force else ''} on {due or 'the dataset'}"
+        )
+        work = [(day, ["train"], {"imageml/trigger": "run"})]
+        run_config = {"ops": {"trained_model": {"config": {"force": force}}}}
+        job_def = defs.resolve_job_def(TRAINED_MODEL_JOB)
+        _execute(job_def, work, instance, summary, echo, log_level, run_config)
 
 
 def _execute(
@@ -351,6 +409,7 @@ def _execute(
     summary: RunSummary,
     echo: Callable[[str], None],
     log_level: str,
+    run_config: dict[str, Any] | None = None,
 ) -> None:
     for n, (partition, run_stages, tags) in enumerate(work, start=1):
         selection = [dg.AssetKey(a) for s in run_stages for a in STAGES[s]]
@@ -363,7 +422,10 @@ def _execute(
             asset_selection=selection,
             raise_on_error=False,
             # Dagster's DEBUG engine events drown the progress lines the stages log at INFO.
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            run_config={
+                **(run_config or {}),
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+            },
         )
         metadata: dict[str, dict[str, Any]] = {}
         for event in outcome.get_asset_materialization_events():

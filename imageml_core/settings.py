@@ -125,6 +125,29 @@ def _chroma(value: str) -> str:
     return value
 
 
+def _train_task(value: str) -> str:
+    if value not in ("detection", "classification"):
+        raise ValueError("expected detection or classification")
+    return value
+
+
+def _cron(value: str) -> str:
+    """Five cron fields (Dagster checks the values when it builds the schedule)."""
+    if len(value.split()) != 5:
+        raise ValueError("expected a cron expression of 5 fields, e.g. '0 21 * * *'")
+    return value
+
+
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("not an IANA time zone (e.g. America/New_York, UTC)") from None
+    return value
+
+
 # An object-store location: a string is parsed, an S3Uri is taken as it is; it serializes
 # (and is documented) as its canonical s3:// string.
 _S3Location = Annotated[
@@ -361,6 +384,106 @@ class Settings(BaseSettings):
         ge=1,
         description="Images per training shard (a tar file in WebDataset layout).",
     )
+    train_curated_uri: _S3Location | None = Field(
+        None,
+        description="A curated training prefix (JPEG normalized outputs a user chose, plus "
+        "optional COCO files) that dataset versions are built from instead of "
+        "TRAIN_VARIANT; unset means the variant.",
+    )
+    train_dataset: str = Field(
+        "",
+        description="Dataset pointer training reads: a gold dataset version id (ds-<16 hex>) "
+        "from the manifest store; empty means the newest version.",
+    )
+    # --- Stage 3: training (spec 000/001 "Training Configurability") -----------------------
+    train_task: Annotated[str, AfterValidator(_train_task)] = Field(
+        "detection",
+        description="What the model learns: detection (boxes, a CenterNet-style head) or "
+        "classification (one label per single-object image).",
+    )
+    train_model: str = Field(
+        "resnet10t",
+        min_length=1,
+        description="timm model name of the backbone (e.g. resnet10t, resnet18, "
+        "efficientnet_b0); weights start random unless TRAIN_PRETRAINED_PATH is set.",
+    )
+    train_pretrained_path: str = Field(
+        "",
+        description="Local file of backbone weights (.pth or .safetensors); empty means "
+        "random init. Nothing is ever downloaded from a hub.",
+    )
+    train_image_size: int = Field(
+        160,
+        ge=32,
+        le=4096,
+        title="Input side",
+        description="Square model input side, in pixels; images are letterboxed to it.",
+    )
+    train_epochs: int = Field(10, ge=1, description="Passes over the train split per training run.")
+    train_batch_size: int = Field(32, ge=1, description="Images per step per instance.")
+    train_learning_rate: float = Field(
+        2e-3, gt=0, allow_inf_nan=False, description="Peak AdamW learning rate."
+    )
+    train_max_minutes: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Wall-time budget of the training loop, in minutes; training then ends "
+        "cleanly and still evaluates and registers. 0 means no budget.",
+    )
+    train_seed: int = Field(
+        0,
+        ge=0,
+        description="Seed: the same dataset, configuration and seed give the same metrics on CPU.",
+    )
+    train_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader worker processes per instance; 0 reads in the training process.",
+    )
+    train_instances: int = Field(
+        1,
+        ge=1,
+        description="Training instances; more than 1 runs distributed data-parallel training "
+        "with torchrun (gloo on CPU, nccl on GPU), each on its own part of the data.",
+    )
+    train_images_per_node: int = Field(
+        0,
+        ge=0,
+        description="Train images each instance stages and trains on per epoch; 0 means its "
+        "whole share (train images / TRAIN_INSTANCES).",
+    )
+    train_instance_type: str = Field(
+        "",
+        description="Instance type of training pods on Kubernetes (node selector "
+        "node.kubernetes.io/instance-type); empty means any node.",
+    )
+    train_schedule_cron: Annotated[str, AfterValidator(_cron)] = Field(
+        "0 21 * * *",
+        description="When the daily training schedule fires (cron, in TRAIN_SCHEDULE_TIMEZONE).",
+    )
+    train_schedule_timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        "America/New_York",
+        description="IANA time zone of the training schedule and of its daily partitions.",
+    )
+    registered_model_name: str = Field(
+        "",
+        description="MLflow registered model that training versions are registered under; "
+        "empty means imageml-<TRAIN_TASK> (a detector and a classifier never share one).",
+    )
+    mlflow_experiment_name: str = Field(
+        "imageml-training", min_length=1, description="MLflow experiment of training runs."
+    )
+    promotion_alias: str = Field(
+        "champion",
+        min_length=1,
+        description="Registry alias the promotion gate moves to a better model version.",
+    )
+
+    @property
+    def registered_model(self) -> str:
+        """``REGISTERED_MODEL_NAME``, or ``imageml-<TRAIN_TASK>`` when it is empty."""
+        return self.registered_model_name or f"imageml-{self.train_task}"
 
     def __init__(self, **values: Any) -> None:
         """Validate ``values`` over the environment and the defaults.

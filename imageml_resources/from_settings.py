@@ -20,6 +20,7 @@ from imageml_resources.augmentation import AugmentationResource
 from imageml_resources.event_queue import EventQueueResource
 from imageml_resources.layout import DataLayoutResource
 from imageml_resources.manifest_store import ManifestStoreResource
+from imageml_resources.mlflow import MlflowResource
 from imageml_resources.normalization import NormalizationResource
 from imageml_resources.object_store import ObjectStoreResource
 from imageml_resources.staging import NvmeStagingResource
@@ -72,4 +73,10 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             region=settings.aws_region,
         ),
         "normalization": NormalizationResource.from_settings(settings),
+        "mlflow": MlflowResource(
+            tracking_uri=secret_setting("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+            registry_uri=secret_setting("MLFLOW_REGISTRY_URI", settings.mlflow_registry_uri),
+            experiment_name=settings.mlflow_experiment_name,
+            registered_model_name=settings.registered_model,
+        ),
     }

@@ -7,6 +7,7 @@ the tests that need them fail with a message saying what to start.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from imageml_core.manifest import SqlManifestStore
 from imageml_core.storage.object_store import ObjectStore
+from imageml_dev.embedded_mlflow import EmbeddedMlflow
 from imageml_dev.embedded_s3 import EmbeddedS3
 
 PG_ADMIN_URL = os.environ.get(
@@ -31,6 +33,45 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
         yield server
     finally:
         server.stop()  # wait for exit before pytest removes the data directory
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(
+    s3_server: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedMlflow]:
+    """An MLflow tracking server (SQLite store, artifacts proxied to bucket
+    ``mlflow-artifacts`` of the session's S3 server), started on first use (~30 s)."""
+    ObjectStore(
+        s3_server.endpoint_url,
+        access_key_id=s3_server.access_key,
+        secret_access_key=s3_server.secret_key,
+    ).ensure_bucket("mlflow-artifacts")
+    server = EmbeddedMlflow(
+        tmp_path_factory.mktemp("mlflow") / "data",
+        s3_endpoint_url=s3_server.endpoint_url,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        artifacts_uri="s3://mlflow-artifacts/artifacts",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()  # before the S3 server stops and pytest removes the directory
+
+
+@pytest.fixture
+def mlflow_tracking_uri(
+    mlflow_server: EmbeddedMlflow, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The session's MLflow server URI, also set as ``MLFLOW_TRACKING_URI`` for this test
+    (and MLflow's telemetry switched off: there is no internet here). MLflow's process-wide
+    tracking URI (``mlflow.set_tracking_uri``) is cleared afterwards."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield mlflow_server.tracking_uri
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture

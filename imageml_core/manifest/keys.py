@@ -268,3 +268,9 @@ def training_dataset_base(training_uri: S3Uri, version: str) -> S3Uri:
 def training_shard_name(split: str, index: int) -> str:
     """``<split>-<nnnnn>.tar``: shard ``index`` (from 0) of a split."""
     return f"{split}-{index:05d}.tar"
+
+
+def trained_model_manifest_uri(training_uri: S3Uri, partition: str, fingerprint: str) -> S3Uri:
+    """``TRAINING_URI/models/<day>/<fingerprint>.json``: what one training of a daily
+    partition produced (the model lives in MLflow; this records where)."""
+    return training_uri.join("models", partition, f"{fingerprint}.json")

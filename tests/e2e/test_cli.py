@@ -42,11 +42,14 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     assert "22 augmented images, 99 normalized variants" in out
     assert "not-an-image.jpg: not an image (unrecognised format)" in out
     assert "training dataset ds-" in out and " val images, s3://imageml/gold/datasets/" in out
+    # A brief training, registered in the embedded MLflow server and made champion.
+    assert "model imageml-detection version 1 (champion: no version held @champion)" in out
+    assert "map_50 " in out and "MLflow run http://127.0.0.1:" in out
     assert "rerun launched 0 run(s)" in out
     assert "services stopped" in out
-    # SeaweedFS is gone: nothing listens with our data directory any more.
+    # SeaweedFS and MLflow are gone: nothing runs with our data directories any more.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(home / "s3") not in ps
+    assert str(home / "s3") not in ps and str(home / "mlflow") not in ps
 
     lineage = _imageml(
         "lineage",
@@ -66,6 +69,9 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     # of the training variant (all 15 of its images, less copies of validation originals).
     shards = by_step.pop("training_shards")
     assert 5 <= len(shards) <= 15 and all(e["output_uri"].endswith(".tar") for e in shards)
+    # ... and on to the model version trained on those shards.
+    models = {e["output_uri"] for e in by_step.pop("train")}
+    assert models == {"models:/imageml-detection/1"}
     assert {k: len(v) for k, v in by_step.items()} == {"ingest": 5, "augment": 10, "normalize": 45}
     assert all(
         e["output_uri"].startswith("s3://imageml/bronze/unzipped/") for e in by_step["ingest"]

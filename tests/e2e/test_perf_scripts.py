@@ -58,3 +58,36 @@ def test_shard_benchmark_prints_baseline_ours_and_ratio() -> None:
     assert "baseline (concatenate the bytes):" in out
     assert "ours (write_shard, WebDataset tar):" in out
     assert "ratio ours/baseline time:" in out
+
+
+def test_throughput_benchmark_prints_table_ratio_and_writes_csv_and_png(tmp_path: Path) -> None:
+    out = _bench(
+        "train/bench_throughput.py",
+        *("--sizes", "16,32", "--seconds", "0.2", "--rounds", "1", "--warmup", "1"),
+        *("--batch-size", "8", "--image-size", "64", "--workers", "0,1"),
+        *("--out-dir", str(tmp_path)),
+    )
+    header = "size | workers | baseline img/s | ours img/s | ratio ours/baseline | overhead %"
+    assert header in out, out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("16 |", "32 |"))]
+    assert len(rows) == 4, out  # two sizes x two worker counts
+    assert "flatness, ours img/s at 32 / at 16" in out, out
+    assert "both targets met with workers:" in out, out
+    csv_lines = (tmp_path / "throughput.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("size,workers,baseline,ours,ratio,overhead_pct"), csv_lines
+    assert len(csv_lines) == 5, csv_lines
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_benchmark_runs_a_toy_budget_and_compares_with_the_target(
+    tmp_path: Path,
+) -> None:
+    out = _bench(
+        "train/bench_quality.py",
+        *("--minutes", "0.05", "--train", "16", "--val", "8", "--size", "64"),
+        *("--epochs", "1", "--batch-size", "8", "--workdir", str(tmp_path)),
+    )
+    assert "state succeeded" in out.lower(), out
+    assert "images/s:" in out, out
+    assert out.count("ours/target") == 2, out
+    assert "target met" in out or "target NOT met" in out, out

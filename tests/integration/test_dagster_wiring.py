@@ -228,6 +228,8 @@ def test_code_versions_follow_the_policies_that_make_the_bytes(settings: Setting
     assert versions(NORMALIZE_QUALITY="90")["normalized_variants"] == base["normalized_variants"]
     assert versions(AUGMENT_COPIES="3")["augmented_images"] != base["augmented_images"]
     assert versions(MAX_IMAGE_PIXELS="1000")["raw_images"] != base["raw_images"]
+    assert versions(TRAIN_EPOCHS="3")["trained_model"] != base["trained_model"]
+    assert versions(TRAIN_SHARD_IMAGES="7")["training_shards"] != base["training_shards"]
     assert all(base.values())
     # Batch limits and the dataset name are not in any output's bytes.
     assert versions(INGEST_BATCH_MAX_OBJECTS="7", DATASET_NAME="other") == base

@@ -142,3 +142,15 @@ def test_ingest_step_job_uses_the_ingest_image_and_validates_strictly(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed for resource job/" in result.stdout
+
+
+def test_train_steps_run_on_the_training_instance_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRAIN_INSTANCE_TYPE", raising=False)
+    pod = stage_op_tags("train")["dagster-k8s/config"]["pod_spec_config"]
+    assert pod["node_selector"] == {"imageml.io/nvme": "true"}
+    monkeypatch.setenv("TRAIN_INSTANCE_TYPE", "g5.xlarge")
+    pod = stage_op_tags("train")["dagster-k8s/config"]["pod_spec_config"]
+    assert pod["node_selector"]["node.kubernetes.io/instance-type"] == "g5.xlarge"
+    # Other stages keep their own nodes.
+    ingest = stage_op_tags("ingest")["dagster-k8s/config"]["pod_spec_config"]
+    assert "node.kubernetes.io/instance-type" not in ingest["node_selector"]

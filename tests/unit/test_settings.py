@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,14 @@ def test_environment_variable_names_are_the_upper_case_field_names(tmp_path: Pat
     names = {name.upper() for name in Settings.model_fields}
     assert set(s.to_env()) <= names
     assert "IMAGEML_HOME" not in names  # the home supplies defaults; it is not a setting
+
+
+def test_env_example_documents_every_setting() -> None:
+    """Docs match the code: each setting's variable appears in .env.example."""
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    missing = [
+        name.upper()
+        for name in Settings.model_fields
+        if not re.search(rf"^#? ?{name.upper()}=", text, re.MULTILINE)
+    ]
+    assert missing == []

@@ -41,24 +41,33 @@ def dataset_config(
     and augmentation (what the asset builds and what ``imageml run`` checks)."""
     variant = train_variant(settings)
     spec = next(v for v in policy.variants if v.name == variant)
+    curated = settings.train_curated_uri is not None
     return DatasetConfig(
-        variant=variant,
-        policy_hash=policy.variant_hash(spec),
+        variant="curated" if curated else variant,
+        policy_hash="" if curated else policy.variant_hash(spec),
         augment_tag=augment_tag,
         val_fraction=settings.train_val_fraction,
         shard_images=settings.train_shard_images,
         training_uri=training_uri,
         dataset_name=settings.dataset_name,
+        curated_uri=settings.train_curated_uri,
     )
+
+
+def _source_text(settings: Settings, variant: str) -> str:
+    if settings.train_curated_uri is not None:
+        return f"the curated prefix {settings.train_curated_uri}"
+    return f"the {variant} variant of every normalized batch"
 
 
 def build_training_shards(settings: Settings) -> dg.AssetsDefinition:
     """The asset; its code version hashes the variant, the split fraction, the shard size
     and the split rule (what decides a version's bytes besides its inputs)."""
     variant = train_variant(settings)
+    source = f"curated {settings.train_curated_uri}" if settings.train_curated_uri else variant
     version = hashlib.sha256(
         json.dumps(
-            [variant, settings.train_val_fraction, settings.train_shard_images, SPLIT_RULE]
+            [source, settings.train_val_fraction, settings.train_shard_images, SPLIT_RULE]
         ).encode()
     ).hexdigest()[:12]
 
@@ -71,7 +80,7 @@ def build_training_shards(settings: Settings) -> dg.AssetsDefinition:
         tags={"imageml/stage": "train"},
         op_tags=stage_op_tags("train"),
         description=(
-            f"A training dataset version from the {variant} variant of every normalized batch: "
+            f"A training dataset version from {_source_text(settings, variant)}: "
             "deterministic train/val split by source image hash, tar shards in WebDataset "
             "layout, a manifest; its id is the dataset pointer training reads."
         ),

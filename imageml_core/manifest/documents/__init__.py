@@ -42,6 +42,7 @@ from imageml_core.manifest.documents.normalize import (
 )
 from imageml_core.manifest.documents.train import (
     Shard,
+    TrainedModelManifest,
     TrainingDatasetManifest,
     TrainingDatasetSummary,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "QuarantinedSource",
     "Shard",
     "StageDocument",
+    "TrainedModelManifest",
     "TrainingDatasetManifest",
     "TrainingDatasetSummary",
     "ingested_objects",

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from imageml_core.manifest.documents.base import StageDocument, read_field
 from imageml_core.manifest.interface import (
+    TRAIN,
     TRAINING_SHARDS,
     LineageEdge,
     ProcessedObject,
@@ -162,3 +163,113 @@ class TrainingDatasetManifest(StageDocument):
             for shard, images in self.members.items()
             for image in images
         ]
+
+
+@dataclass(frozen=True)
+class TrainedModelManifest(StageDocument):
+    """``TRAINING_URI/models/<day>/<fingerprint>.json``: one training of a daily partition.
+
+    ``partition_key`` is ``<day>:<fingerprint>``, where ``fingerprint`` hashes the dataset
+    version, the trainer configuration and the registered model name: the same day, data
+    and configuration is the same key, so a rerun is a no-op (a forced run appends its run
+    id). ``model_uri`` is ``models:/<name>/<version>`` in the MLflow registry, ``run_id``
+    the MLflow run (``run_url`` its page, no credentials); ``metrics`` the final validation
+    metrics; ``headline`` the metric the
+    promotion gate compares; ``promotion`` the gate's decision (``promoted``, the
+    candidate's and the champion's values, ``reason``); ``shards`` the gold shards read.
+    """
+
+    step: ClassVar = TRAIN
+
+    partition_key: str
+    dataset: str
+    day: str
+    fingerprint: str
+    dataset_version: str
+    trainer: str
+    params: Mapping[str, Any]
+    registered_model: str
+    model_version: str
+    model_uri: str
+    run_id: str
+    metrics: Mapping[str, float]
+    headline: str
+    promotion: Mapping[str, Any]
+    shards: tuple[str, ...]
+    stopped_by_budget: bool = False
+    run_url: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "run_url": self.run_url,
+            "dataset": self.dataset,
+            "day": self.day,
+            "fingerprint": self.fingerprint,
+            "dataset_version": self.dataset_version,
+            "trainer": self.trainer,
+            "params": dict(self.params),
+            "registered_model": self.registered_model,
+            "model_version": self.model_version,
+            "model_uri": self.model_uri,
+            "run_id": self.run_id,
+            "metrics": dict(self.metrics),
+            "headline": self.headline,
+            "promotion": dict(self.promotion),
+            "shards": list(self.shards),
+            "stopped_by_budget": self.stopped_by_budget,
+        }
+
+    @classmethod
+    def from_body(cls, doc: Mapping[str, Any]) -> TrainedModelManifest:
+        what = "trained model manifest"
+        return cls(
+            partition_key=read_field(doc, "partition_key", str, what),
+            dataset=read_field(doc, "dataset", str, what),
+            day=read_field(doc, "day", str, what),
+            fingerprint=read_field(doc, "fingerprint", str, what),
+            dataset_version=read_field(doc, "dataset_version", str, what),
+            trainer=read_field(doc, "trainer", str, what),
+            params=read_field(doc, "params", dict, what),
+            registered_model=read_field(doc, "registered_model", str, what),
+            model_version=read_field(doc, "model_version", str, what),
+            model_uri=read_field(doc, "model_uri", str, what),
+            run_id=read_field(doc, "run_id", str, what),
+            metrics=read_field(doc, "metrics", dict, what),
+            headline=read_field(doc, "headline", str, what),
+            promotion=read_field(doc, "promotion", dict, what),
+            shards=read_field(doc, "shards", lambda v: tuple(str(s) for s in v), what),
+            stopped_by_budget=bool(doc.get("stopped_by_budget", False)),
+            run_url=str(doc.get("run_url", "")),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the store keeps: enough to answer "is this trained?" and fill the asset's
+        metadata on a no-op rerun without reading S3."""
+        return {
+            "day": self.day,
+            "fingerprint": self.fingerprint,
+            "dataset_version": self.dataset_version,
+            "registered_model": self.registered_model,
+            "model_version": self.model_version,
+            "model_uri": self.model_uri,
+            "run_id": self.run_id,
+            "run_url": self.run_url,
+            "metrics": dict(self.metrics),
+            "headline": self.headline,
+            "promoted": bool(self.promotion.get("promoted")),
+            "promotion": dict(self.promotion),
+        }
+
+    def ledger(self) -> list[ProcessedObject]:
+        """One ok row for the registered model version."""
+        return [
+            ProcessedObject(
+                uri=self.model_uri,
+                etag=self.run_id,
+                details={"kind": "model_version", "dataset_version": self.dataset_version},
+            )
+        ]
+
+    def edges(self) -> list[LineageEdge]:
+        """Each gold shard -> the model version trained on it."""
+        return [LineageEdge(shard, self.model_uri, TRAIN) for shard in self.shards]

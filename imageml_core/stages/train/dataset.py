@@ -72,7 +72,8 @@ class DatasetConfig:
     """``variant`` a NORMALIZE_SIZES token, ``policy_hash`` its current
     ``normalization_policy_hash``, ``augment_tag`` the current augmentation; the split
     fraction and images per shard; where versions go and the dataset name they are
-    recorded under."""
+    recorded under. ``curated_uri`` set means the version is built from that prefix
+    instead of the variant (:mod:`imageml_core.stages.train.curated`)."""
 
     variant: str
     policy_hash: str
@@ -81,6 +82,7 @@ class DatasetConfig:
     shard_images: int
     training_uri: S3Uri
     dataset_name: str
+    curated_uri: S3Uri | None = None
 
 
 @dataclass(frozen=True)
@@ -260,10 +262,23 @@ def build_training_dataset(
     run_id: str | None = None,
     log_fn: Callable[[str], None] = print,
 ) -> DatasetResult:
-    """Assemble, shard and publish the dataset version of what is normalized now.
+    """Assemble, shard and publish the dataset version of what is normalized now (or of
+    what the curated prefix holds, when ``config.curated_uri`` is set).
 
-    Raises :class:`EmptyTrainingSet` when nothing of ``config.variant`` is normalized yet,
+    Raises :class:`EmptyTrainingSet` when nothing of ``config.variant`` is normalized yet
+    (or the curated prefix holds no JPEG),
     and the object store's errors for a failed transfer (a retry can succeed)."""
+    if config.curated_uri is not None:
+        from imageml_core.stages.train.curated import build_curated_dataset
+
+        return build_curated_dataset(
+            store=store,
+            staging=staging,
+            manifest=manifest,
+            config=config,
+            run_id=run_id,
+            log_fn=log_fn,
+        )
     samples, categories, sources = collect_samples(store, manifest, config)
     if not samples:
         raise EmptyTrainingSet(
@@ -295,65 +310,109 @@ def build_training_dataset(
                 log_fn(f"{version}: already published; nothing to do")
                 counts = TrainingDatasetSummary.from_json(record.details).counts
                 return DatasetResult(version, str(record.manifest_uri), True, dict(counts))
-        base = training_dataset_base(config.training_uri, version)
-        manifest_uri = base.join("manifest.json")
-        splits: dict[str, list[Sample]] = {"train": [], "val": []}
-        for s in samples:
-            if (split := s.split(config.val_fraction)) is not None:
-                splits[split].append(s)
-        log_fn(
-            f"{version}: {len(splits['train'])} train / {len(splits['val'])} val images of "
-            f"{config.variant} from {len(sources)} batch(es)"
-        )
-        if not splits["val"]:
-            log_fn(
-                f"{version}: no validation image: TRAIN_VAL_FRACTION={config.val_fraction} of "
-                f"{sum(s.kind == 'original' for s in samples)} originals selects none"
-            )
-        if not any(s.annotations for s in samples):
-            log_fn(f"{version}: no image has an annotation (an unlabelled set)")
-        out_dir = staging.area("output", job)
-        files: list[tuple[Path, S3Uri]] = []
-        shards: list[Shard] = []
-        members: dict[str, list[str]] = {}
-        for split, chosen in splits.items():
-            for n in range(0, len(chosen), config.shard_images):
-                chunk = chosen[n : n + config.shard_images]
-                name = training_shard_name(split, n // config.shard_images)
-                local = out_dir / name
-                write_shard(local, [(s, staged[s.uri], split) for s in chunk])
-                data = local.read_bytes()
-                md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-                sha = hashlib.sha256(data).hexdigest()
-                files.append((local, base.join(name)))
-                shards.append(Shard(str(base.join(name)), split, len(chunk), md5, sha))
-                members[str(base.join(name))] = [s.uri for s in chunk]
-        document = TrainingDatasetManifest(
-            partition_key=version,
-            dataset=config.dataset_name,
-            variant=config.variant,
-            normalization_policy_hash=config.policy_hash,
-            val_fraction=config.val_fraction,
-            shard_images=config.shard_images,
+        return publish_version(
+            store=store,
+            staging=staging,
+            manifest=manifest,
+            config=config,
+            job=job,
+            version=version,
+            samples=samples,
+            staged=staged,
+            categories=categories,
+            sources=sources,
             inputs=inputs,
-            split_rule=SPLIT_RULE,
-            sources=tuple(sources),
-            categories=tuple(categories),
-            shards=tuple(shards),
-            counts={k: len(v) for k, v in splits.items()},
             left_out=left_out,
-            members=members,
-        )
-        written = publish_partition(
-            document,
-            manifest_uri=manifest_uri,
-            object_store=store,
-            manifest_store=manifest,
-            outputs=OutputFiles(
-                files, {p: (s.etag, s.sha256) for (p, _), s in zip(files, shards, strict=True)}
-            ),
             run_id=run_id,
+            log_fn=log_fn,
         )
+
+
+def publish_version(
+    *,
+    store: ObjectStore,
+    staging: NvmeStaging,
+    manifest: ManifestStore,
+    config: DatasetConfig,
+    job: str,
+    version: str,
+    samples: list[Sample],
+    staged: Mapping[str, Path],
+    categories: list[dict[str, Any]],
+    sources: list[str],
+    inputs: str,
+    left_out: Mapping[str, str],
+    run_id: str | None,
+    log_fn: Callable[[str], None],
+) -> DatasetResult:
+    """Split ``samples``, write the shards from their staged files (``staged``: image URI
+    -> local path), then publish the manifest and the dataset-version row (outputs first,
+    manifest last). Shared by both sources of a version (a normalized variant, a curated
+    prefix)."""
+    base = training_dataset_base(config.training_uri, version)
+    manifest_uri = base.join("manifest.json")
+    splits: dict[str, list[Sample]] = {"train": [], "val": []}
+    for s in samples:
+        if (split := s.split(config.val_fraction)) is not None:
+            splits[split].append(s)
+    if dropped := len(samples) - len(splits["train"]) - len(splits["val"]):
+        log_fn(
+            f"{version}: {dropped} augmented copies of validation originals left out "
+            "(validation uses originals only; nothing leaks)"
+        )
+    log_fn(
+        f"{version}: {len(splits['train'])} train / {len(splits['val'])} val images of "
+        f"{config.variant} from {len(sources)} batch(es)"
+    )
+    if not splits["val"]:
+        log_fn(
+            f"{version}: no validation image: TRAIN_VAL_FRACTION={config.val_fraction} of "
+            f"{sum(s.kind == 'original' for s in samples)} originals selects none"
+        )
+    if not any(s.annotations for s in samples):
+        log_fn(f"{version}: no image has an annotation (an unlabelled set)")
+    out_dir = staging.area("output", job)
+    files: list[tuple[Path, S3Uri]] = []
+    shards: list[Shard] = []
+    members: dict[str, list[str]] = {}
+    for split, chosen in splits.items():
+        for n in range(0, len(chosen), config.shard_images):
+            chunk = chosen[n : n + config.shard_images]
+            name = training_shard_name(split, n // config.shard_images)
+            local = out_dir / name
+            write_shard(local, [(s, staged[s.uri], split) for s in chunk])
+            data = local.read_bytes()
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            sha = hashlib.sha256(data).hexdigest()
+            files.append((local, base.join(name)))
+            shards.append(Shard(str(base.join(name)), split, len(chunk), md5, sha))
+            members[str(base.join(name))] = [s.uri for s in chunk]
+    document = TrainingDatasetManifest(
+        partition_key=version,
+        dataset=config.dataset_name,
+        variant=config.variant,
+        normalization_policy_hash=config.policy_hash,
+        val_fraction=config.val_fraction,
+        shard_images=config.shard_images,
+        inputs=inputs,
+        split_rule=SPLIT_RULE,
+        sources=tuple(sources),
+        categories=tuple(categories),
+        shards=tuple(shards),
+        counts={k: len(v) for k, v in splits.items()},
+        left_out=left_out,
+        members=members,
+    )
+    written = publish_partition(
+        document,
+        manifest_uri=manifest_uri,
+        object_store=store,
+        manifest_store=manifest,
+        outputs=OutputFiles(
+            files, {p: (s.etag, s.sha256) for (p, _), s in zip(files, shards, strict=True)}
+        ),
+        run_id=run_id,
+    )
     return DatasetResult(
         version, str(manifest_uri), False, dict(document.counts), written, dict(left_out)
     )

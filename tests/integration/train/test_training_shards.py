@@ -5,6 +5,7 @@ written."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -69,7 +70,7 @@ def _run(settings: Settings, tmp_path: Path) -> tuple[RunSummary, list[str]]:
     lines: list[str] = []
     instance = open_instance(tmp_path / "dagster")
     try:
-        summary = run_pipeline(settings, instance, until="train", echo=lines.append)
+        summary = run_pipeline(settings, instance, until="gold", echo=lines.append)
     finally:
         instance.dispose()
     assert not summary.failed, [r.metadata for r in summary.failed]
@@ -86,7 +87,7 @@ def test_a_dataset_version_is_split_sharded_and_stable(
 ) -> None:
     _upload(settings, object_store, range(IMAGES))
     summary, _ = _run(settings, tmp_path)
-    (train_run,) = [r for r in summary.runs if r.stage == "train"]
+    (train_run,) = [r for r in summary.runs if r.stage == "gold"]
     meta = train_run.metadata["training_shards"]
     store = open_manifest_store(settings.manifest_db_url)
     (record,) = store.manifests(TRAINING_SHARDS)
@@ -129,7 +130,7 @@ def test_a_dataset_version_is_split_sharded_and_stable(
 
     # Same inputs: the runner sees nothing new, and building again writes nothing.
     summary, lines = _run(settings, tmp_path)
-    assert summary.runs == [] and "[train] the training dataset version is up to date" in lines
+    assert summary.runs == [] and "[gold] the training dataset version is up to date" in lines
     nkeys = [NormalizeKey.parse(m.partition_key) for m in store.manifests(NORMALIZE)]
     (nkey,) = [k for k in nkeys if k.variant == "360p"]
     again = build_training_dataset(
@@ -184,7 +185,7 @@ def test_bad_training_settings_and_an_empty_gold_set_are_one_line_errors(
         )
     # `imageml run` with nothing normalized builds nothing and does not fail.
     _, lines = _run(settings, tmp_path)
-    assert "[train] nothing is normalized yet: no training dataset to build" in lines
+    assert "[gold] nothing is normalized yet: no training dataset to build" in lines
 
 
 def test_settings_changes_make_versions_and_a_deleted_image_is_left_out(
@@ -201,12 +202,12 @@ def test_settings_changes_make_versions_and_a_deleted_image_is_left_out(
     # Another shard size is another version; going back finds the first one again.
     monkeypatch.setenv("TRAIN_SHARD_IMAGES", "2")
     summary, lines = _run(Settings.from_env(), tmp_path)
-    assert "[train] building the training dataset version" in lines
+    assert "[gold] building the training dataset version" in lines
     second = store.manifests(TRAINING_SHARDS)[-1].partition_key
     assert second != first
     monkeypatch.setenv("TRAIN_SHARD_IMAGES", "5")
     summary, lines = _run(Settings.from_env(), tmp_path)
-    assert summary.runs == [] and "[train] the training dataset version is up to date" in lines
+    assert summary.runs == [] and "[gold] the training dataset version is up to date" in lines
 
     # Lineage runs from a normalized image to the shard that holds it.
     doc = read_document(object_store, store.manifests(TRAINING_SHARDS)[0], TrainingDatasetManifest)
@@ -226,5 +227,88 @@ def test_settings_changes_make_versions_and_a_deleted_image_is_left_out(
     )
     assert newest.left_out == {gone: "no longer exists"}
     assert gone not in {u for uris in newest.members.values() for u in uris}
-    (run,) = [r for r in summary.runs if r.stage == "train"]
+    (run,) = [r for r in summary.runs if r.stage == "gold"]
     assert run.metadata["training_shards"]["left_out"] == 1
+
+
+def _samples(store: ObjectStore, doc: TrainingDatasetManifest) -> dict[str, dict]:
+    """Image URI -> its sample JSON, over every shard of ``doc``."""
+    out = {}
+    for shard in doc.shards:
+        for _, label in _members(store, shard.uri)[1::2]:
+            info = json.loads(label)
+            out[info["image"]["uri"]] = info
+    return out
+
+
+def test_a_curated_prefix_filled_from_normalized_outputs_makes_a_version(
+    settings: Settings,
+    object_store: ObjectStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _upload(settings, object_store, range(IMAGES))
+    _run(settings, tmp_path)
+    store = open_manifest_store(settings.manifest_db_url)
+    variant_doc = read_document(
+        object_store, store.manifests(TRAINING_SHARDS)[-1], TrainingDatasetManifest
+    )
+    by_variant = _samples(object_store, variant_doc)
+
+    # A user copies every normalized image of the variant into a curated prefix, flat.
+    curated = settings.training_uri.join("curated")
+    copies = {}
+    for uri in by_variant:
+        src = parse_s3_uri(uri)
+        dst = curated.join(f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}.jpg")
+        object_store.client.copy_object(
+            Bucket=dst.bucket, Key=dst.key, CopySource={"Bucket": src.bucket, "Key": src.key}
+        )
+        copies[str(dst)] = uri
+    # ... plus a PNG (left out) and a COCO file that relabels one image.
+    object_store.put_bytes(curated.join("notes.png"), b"\x89PNG\r\n\x1a\n")
+    relabelled = sorted(copies)[0]
+    name = parse_s3_uri(relabelled).key.rsplit("/", 1)[-1]
+    coco = {
+        "images": [{"id": 1, "file_name": name, "width": 100, "height": 80}],
+        "categories": [{"id": 7, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 2, 3, 4]}],
+    }
+    object_store.put_bytes(curated.join("fixes.coco.json"), json.dumps(coco).encode())
+
+    monkeypatch.setenv("TRAIN_CURATED_URI", str(curated))
+    summary, lines = _run(Settings.from_env(), tmp_path)
+    assert "[gold] building the training dataset version" in lines
+    doc = read_document(object_store, store.manifests(TRAINING_SHARDS)[-1], TrainingDatasetManifest)
+    assert doc.partition_key != variant_doc.partition_key and doc.variant == "curated"
+    assert doc.left_out == {
+        str(curated.join("notes.png")): "not a JPEG: a curated prefix takes normalized "
+        "outputs (JPEG) and COCO files"
+    }
+    assert doc.categories == ({"id": 7, "name": "cat"},)
+    got = _samples(object_store, doc)
+    assert set(got) == set(copies)
+    for uri, sample in got.items():
+        original = by_variant[copies[uri]]
+        # Same side as in the variant's version (the split follows the source image), and
+        # an augmented copy is known as one (it never lands in val).
+        assert sample["split"] == original["split"], uri
+        # Bytes equal to an original's (a copy no transform changed) count as that original.
+        originals = {
+            s["image"]["sha256"] for s in by_variant.values() if s["image"]["kind"] == "original"
+        }
+        kind = "original" if sample["image"]["sha256"] in originals else original["image"]["kind"]
+        assert sample["image"]["kind"] == kind, uri
+        expected = (
+            [[1, 2, 3, 4]] if uri == relabelled else [a["bbox"] for a in original["annotations"]]
+        )
+        assert [a["bbox"] for a in sample["annotations"]] == expected, uri
+
+    # Unchanged prefix: nothing to build, found from the listing alone.
+    summary, lines = _run(Settings.from_env(), tmp_path)
+    assert summary.runs == [] and "[gold] the training dataset version is up to date" in lines
+    # An empty curated prefix is said so, not a failure.
+    monkeypatch.setenv("TRAIN_CURATED_URI", str(settings.training_uri.join("empty")))
+    summary, lines = _run(Settings.from_env(), tmp_path)
+    assert not summary.failed
+    assert any("nothing in s3://" in line and "/gold/empty" in line for line in lines), lines
