@@ -125,7 +125,7 @@ def _print_summary(summary: RunSummary, echo: Callable[[str], None] = click.echo
 
 
 #: The demo's training: brief, on the small synthetic set (environment values win).
-DEMO_TRAINING = {"train_epochs": 30, "train_max_minutes": 1.0, "train_batch_size": 16}
+DEMO_TRAINING = {"train_epochs": 100, "train_max_minutes": 2.0, "train_val_fraction": 0.25}
 
 
 @cli.command()

@@ -420,7 +420,12 @@ class Settings(BaseSettings):
         description="Square model input side, in pixels; images are letterboxed to it.",
     )
     train_epochs: int = Field(10, ge=1, description="Passes over the train split per training run.")
-    train_batch_size: int = Field(32, ge=1, description="Images per step per instance.")
+    train_batch_size: int = Field(
+        8,
+        ge=1,
+        description="Images per step per instance. 8 suits a CPU with a time budget (more "
+        "steps beat bigger batches there, perf/train/bench_quality.py); raise it on a GPU.",
+    )
     train_learning_rate: float = Field(
         2e-3, gt=0, allow_inf_nan=False, description="Peak AdamW learning rate."
     )

@@ -257,6 +257,33 @@ def summary(rows: list[dict[str, Any]], sizes: list[int], workers: list[int]) ->
     )
 
 
+HEADER = (
+    "  size | workers | baseline img/s | ours img/s | ratio ours/baseline | overhead % "
+    "| per-round ratio"
+)
+
+
+def row_text(r: dict[str, Any]) -> str:
+    """One table row (:data:`HEADER`)."""
+    return (
+        f"{r['size']:6d} | {r['workers']:7d} | {r['baseline']:14.1f} | {r['ours']:10.1f} "
+        f"| {r['ratio']:19.3f} | {r['overhead_pct']:10.1f} "
+        f"| {r['ratio_min']:.3f}..{r['ratio_max']:.3f}"
+    )
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as CSV, per-round images/s joined by ``;``."""
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            rounds = {
+                k: ";".join(f"{v:.2f}" for v in r[k]) for k in ("baseline_rounds", "ours_rounds")
+            }
+            writer.writerow({**r, **rounds})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="250,500,1000,2000", help="images, comma-separated")
@@ -281,34 +308,22 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, median of {args.rounds} x {args.seconds:g} s"
     )
     print(title, flush=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = args.out_dir / "throughput.csv", args.out_dir / "throughput.png"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         staging = NvmeStaging(Path(tmp) / "nvme")
         for size in sizes:
             rows += measure_size(args, staging, size, step)
+            # Rows go out as each size finishes: a long run cut short keeps what it measured.
+            for r in rows[-len(args.workers) :]:
+                print(f"    {row_text(r)}", flush=True)
+            write_csv(csv_path, rows)
 
-    print(
-        "\n  size | workers | baseline img/s | ours img/s | ratio ours/baseline | overhead % "
-        "| per-round ratio"
-    )
+    print(f"\n{HEADER}")
     for r in rows:
-        print(
-            f"{r['size']:6d} | {r['workers']:7d} | {r['baseline']:14.1f} | {r['ours']:10.1f} "
-            f"| {r['ratio']:19.3f} | {r['overhead_pct']:10.1f} "
-            f"| {r['ratio_min']:.3f}..{r['ratio_max']:.3f}"
-        )
+        print(row_text(r))
     summary(rows, sizes, args.workers)
-
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = args.out_dir / "throughput.csv", args.out_dir / "throughput.png"
-    with csv_path.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            rounds = {
-                k: ";".join(f"{v:.2f}" for v in r[k]) for k in ("baseline_rounds", "ours_rounds")
-            }
-            writer.writerow({**r, **rounds})
     plot(png_path, sizes, rows, title)
     print(f"\nwrote {csv_path} and {png_path}")
 

@@ -32,7 +32,10 @@ def _imageml(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedPro
 
 def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     home = tmp_path / "demo"
-    result = _imageml("demo", "--home", str(home), "--images", "6", cwd=tmp_path)
+    # The environment wins over the demo's training defaults: a short training here.
+    result = _imageml(
+        "demo", "--home", str(home), "--images", "6", cwd=tmp_path, TRAIN_MAX_MINUTES="0.2"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "ingest batch(es)" in out

@@ -64,7 +64,7 @@ class TrainerConfig:
     model: str = "resnet10t"
     image_size: int = 160
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 8
     max_minutes: float | None = None
     learning_rate: float = 2e-3
     seed: int = 0
