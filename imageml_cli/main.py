@@ -22,6 +22,7 @@ from imageml_core.stages.augment.pipeline import PipelineConfigError
 from imageml_core.stages.ingest.archives import InvalidArchive
 from imageml_core.stages.ingest.batch import UnknownBatch
 from imageml_core.stages.train.tracking import TrackingError
+from imageml_core.stages.train.training import UnknownDataset
 from imageml_core.storage.staging import InsufficientStagingSpace
 from imageml_core.uris import InvalidS3Uri
 from imageml_dev.embedded_s3 import EmbeddedServiceError
@@ -35,6 +36,7 @@ _USER_ERRORS = (
     InvalidArchive,
     PipelineConfigError,
     TrackingError,
+    UnknownDataset,
 )
 
 

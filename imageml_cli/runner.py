@@ -36,8 +36,7 @@ from imageml_core.manifest.annotation_versions import current_augment_key
 from imageml_core.manifest.documents import TrainingDatasetSummary
 from imageml_core.manifest.keys import AugmentKey, NormalizeKey
 from imageml_core.settings import Settings
-from imageml_core.stages.train.curated import listing_fingerprint
-from imageml_core.stages.train.dataset import current_sources, inputs_fingerprint
+from imageml_core.stages.train.dataset import current_inputs
 from imageml_core.stages.train.training import UnknownDataset, current_training, resolve_dataset
 from imageml_resources import open_manifest_store
 
@@ -176,6 +175,18 @@ def _normalize_behind(store: ManifestStore, resources: dict[str, Any]) -> list[N
     return [k for k in keys if store.get_manifest(NORMALIZE, str(k)) is None]
 
 
+def _gold_inputs(store: ManifestStore, settings: Settings, resources: dict[str, Any]) -> str | None:
+    """The current gold inputs' fingerprint (:func:`~imageml_core.stages.train.dataset.
+    current_inputs`), None when there is nothing to build from."""
+    config = dataset_config(
+        settings,
+        resources["normalization"].get_policy(),
+        resources["augmentation"].get_spec().tag,
+        settings.training_uri,
+    )
+    return current_inputs(resources["object_store"].get_client(), store, config)
+
+
 def _training_set_behind(
     store: ManifestStore, settings: Settings, resources: dict[str, Any]
 ) -> bool | None:
@@ -183,35 +194,31 @@ def _training_set_behind(
     fingerprint, read from the manifest store alone; for a curated prefix, from its
     listing). None when there is nothing to build from. Going back to earlier settings
     finds the earlier version."""
-    config = dataset_config(
-        settings,
-        resources["normalization"].get_policy(),
-        resources["augmentation"].get_spec().tag,
-        settings.training_uri,
-    )
-    if config.curated_uri is not None:
-        listed = list(resources["object_store"].get_client().list_objects(config.curated_uri))
-        if not listed:
-            return None
-        wanted = listing_fingerprint(listed, config)
-    else:
-        sources = [str(n.manifest_uri) for n, _ in current_sources(store, config)]
-        if not sources:
-            return None
-        wanted = inputs_fingerprint(sources, config)
+    wanted = _gold_inputs(store, settings, resources)
+    if wanted is None:
+        return None
     built = {
         TrainingDatasetSummary.from_json(m.details).inputs for m in store.manifests(TRAINING_SHARDS)
     }
     return wanted not in built
 
 
-def _model_behind(store: ManifestStore, settings: Settings) -> str | None:
-    """Why a training is due (the dataset version it would train on), or None when a
-    model trained on that version with this configuration is already recorded, whatever
-    its day: ``imageml run`` does not retrain a model that is current."""
+def _model_behind(
+    store: ManifestStore, settings: Settings, resources: dict[str, Any]
+) -> str | None:
+    """Why a training is due (the dataset version it would train on), or None when there
+    is no dataset version for the current settings or a model trained on it with this
+    configuration is already recorded, whatever its day: ``imageml run`` does not retrain
+    a model that is current. Raises
+    :class:`~imageml_core.stages.train.training.UnknownDataset` for a ``TRAIN_DATASET``
+    that names no version."""
     try:
-        record = resolve_dataset(store, settings.train_dataset)
+        record = resolve_dataset(
+            store, settings.train_dataset, inputs=_gold_inputs(store, settings, resources)
+        )
     except UnknownDataset:
+        if settings.train_dataset:
+            raise
         return None
     fingerprint = training_plan(settings).fingerprint(record.partition_key)
     return None if current_training(store, fingerprint) else record.partition_key
@@ -383,7 +390,7 @@ def _run_stages(
             echo("[gold] the training dataset version is up to date")
 
     if "train" in stages:
-        due = _model_behind(store, settings)
+        due = _model_behind(store, settings, resources)
         if due is None and not force:
             if store.manifests(TRAINING_SHARDS):
                 echo(

@@ -131,6 +131,15 @@ def _train_task(value: str) -> str:
     return value
 
 
+def _alias(value: str) -> str:
+    """MLflow registry alias rules: not empty, not ``latest`` or ``v<N>`` (reserved)."""
+    import re
+
+    if not value or value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+        raise ValueError("MLflow reserves 'latest' and 'v<number>'; choose e.g. champion")
+    return value
+
+
 def _cron(value: str) -> str:
     """Five cron fields (Dagster checks the values when it builds the schedule)."""
     if len(value.split()) != 5:
@@ -479,9 +488,8 @@ class Settings(BaseSettings):
     mlflow_experiment_name: str = Field(
         "imageml-training", min_length=1, description="MLflow experiment of training runs."
     )
-    promotion_alias: str = Field(
+    promotion_alias: Annotated[str, AfterValidator(_alias)] = Field(
         "champion",
-        min_length=1,
         description="Registry alias the promotion gate moves to a better model version.",
     )
 

@@ -4,19 +4,23 @@ from typing import Any
 
 import dagster as dg
 
+from imageml_assets.defs.train.assets import dataset_config
 from imageml_assets.defs.train.config import TrainedModelConfig, training_plan
 from imageml_assets.defs.train.schedule import training_days
 from imageml_assets.stage_images import stage_op_tags
 from imageml_core.revision import code_revision
 from imageml_core.settings import Settings
 from imageml_core.stages.train.contract import TrainingError
+from imageml_core.stages.train.dataset import current_inputs
 from imageml_core.stages.train.run import MlflowTracker, train_model
 from imageml_core.stages.train.tracking import TrackingError
 from imageml_core.stages.train.training import TrainedModel, TrainingFailed, UnknownDataset
 from imageml_resources import (
+    AugmentationResource,
     DataLayoutResource,
     ManifestStoreResource,
     MlflowResource,
+    NormalizationResource,
     NvmeStagingResource,
     ObjectStoreResource,
 )
@@ -112,10 +116,22 @@ def build_trained_model(settings: Settings) -> dg.AssetsDefinition:
         manifest_store: ManifestStoreResource,
         layout: DataLayoutResource,
         mlflow: MlflowResource,
+        augmentation: AugmentationResource,
+        normalization: NormalizationResource,
     ) -> dg.MaterializeResult:
+        from mlflow.exceptions import MlflowException
+
         from imageml_core.stages.train.trainer import TimmTrainer
 
         plan = training_plan(settings, config)
+        store = object_store.get_client()
+        manifest = manifest_store.get_store()
+        gold = dataset_config(
+            settings,
+            normalization.get_policy(),
+            augmentation.get_spec().tag,
+            layout.uri("training"),
+        )
         tags = {
             "dagster.run_id": context.run_id,
             "dagster.partition": context.partition_key,
@@ -123,9 +139,9 @@ def build_trained_model(settings: Settings) -> dg.AssetsDefinition:
         }
         try:
             result = train_model(
-                store=object_store.get_client(),
+                store=store,
                 staging=nvme.get_staging(),
-                manifest=manifest_store.get_store(),
+                manifest=manifest,
                 tracker=MlflowTracker(
                     tracking_uri=mlflow.resolved_tracking_uri() if mlflow.tracking_uri else None,
                     registry_uri=mlflow.resolved_registry_uri(),
@@ -138,6 +154,7 @@ def build_trained_model(settings: Settings) -> dg.AssetsDefinition:
                 day=context.partition_key,
                 dataset_pointer=config.dataset or settings.train_dataset,
                 training_uri=layout.uri("training"),
+                gold_inputs=current_inputs(store, manifest, gold),
                 dataset_name=settings.dataset_name,
                 force=config.force,
                 force_promotion=config.force_promotion,
@@ -147,6 +164,9 @@ def build_trained_model(settings: Settings) -> dg.AssetsDefinition:
             )
         except _USER_FAILURES as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
+        except MlflowException as exc:  # e.g. the registry refused an alias or a name
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise dg.Failure(description=f"MLflow: {first}", allow_retries=False) from None
         return dg.MaterializeResult(
             metadata=_metadata(result, mlflow),
             check_results=[_gate(result, plan.promotion_alias)],

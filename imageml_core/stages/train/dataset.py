@@ -171,6 +171,22 @@ def inputs_fingerprint(sources: Iterable[str], config: DatasetConfig) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def current_inputs(
+    store: ObjectStore, manifest: ManifestStore, config: DatasetConfig
+) -> str | None:
+    """The fingerprint of what the gold tier would be built from now (the normalize
+    manifests of :func:`current_sources`, or the curated prefix's listing), or None when
+    there is nothing to build from. The dataset version with this ``inputs`` is the one
+    the current settings select; reads the manifest store (or lists the prefix) only."""
+    if config.curated_uri is not None:
+        from imageml_core.stages.train.curated import listing_fingerprint
+
+        listed = list(store.list_objects(config.curated_uri))
+        return listing_fingerprint(listed, config) if listed else None
+    sources = [str(n.manifest_uri) for n, _ in current_sources(manifest, config)]
+    return inputs_fingerprint(sources, config) if sources else None
+
+
 def collect_samples(
     store: ObjectStore, manifest: ManifestStore, config: DatasetConfig
 ) -> tuple[list[Sample], list[dict[str, Any]], list[str]]:

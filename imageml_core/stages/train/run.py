@@ -138,6 +138,7 @@ def train_model(
     day: str,
     dataset_pointer: str,
     training_uri: S3Uri,
+    gold_inputs: str | None = None,
     dataset_name: str,
     force: bool = False,
     force_promotion: bool = False,
@@ -146,7 +147,8 @@ def train_model(
     log_fn: Callable[[str], None] = print,
     cancel: threading.Event | None = None,
 ) -> TrainedModel:
-    """Train ``day``'s model on the dataset version ``dataset_pointer`` (empty: the newest),
+    """Train ``day``'s model on the dataset version ``dataset_pointer`` (empty: the newest
+    built from ``gold_inputs``, the current settings' gold inputs),
     log it, register it and run the promotion gate; a no-op returning the recorded result
     when ``day`` was already trained on the same dataset and plan, unless ``force``.
 
@@ -154,7 +156,7 @@ def train_model(
     :class:`~imageml_core.stages.train.training.TrainingFailed` when training does not
     succeed (nothing registered), and the tracker's error for an unreachable server (raised
     before any work)."""
-    record = resolve_dataset(manifest, dataset_pointer)
+    record = resolve_dataset(manifest, dataset_pointer, inputs=gold_inputs)
     doc = read_dataset(store, record)
     fingerprint = plan.fingerprint(doc.partition_key)
     done = trained(manifest, day, fingerprint)

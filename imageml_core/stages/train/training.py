@@ -93,9 +93,13 @@ class TrainedModel:
     run_url: str = ""
 
 
-def resolve_dataset(manifest: ManifestStore, pointer: str = "") -> ManifestRecord:
-    """The published gold dataset version ``pointer`` (``ds-<16 hex>``), or the newest one
-    when ``pointer`` is empty. Raises :class:`UnknownDataset` with a one-line hint."""
+def resolve_dataset(
+    manifest: ManifestStore, pointer: str = "", *, inputs: str | None = None
+) -> ManifestRecord:
+    """The published gold dataset version ``pointer`` (``ds-<16 hex>``); with no pointer,
+    the newest version built from ``inputs`` (the current settings' gold inputs,
+    :func:`~imageml_core.stages.train.dataset.current_inputs`), else the newest version.
+    Raises :class:`UnknownDataset` with a one-line hint."""
     if pointer:
         record = published(manifest, TRAINING_SHARDS, pointer)
         if record is None:
@@ -106,10 +110,13 @@ def resolve_dataset(manifest: ManifestStore, pointer: str = "") -> ManifestRecor
             )
         return record
     records = manifest.manifests(TRAINING_SHARDS)
+    if inputs is not None:
+        # Going back to earlier settings selects the version they built, not the newest.
+        records = [r for r in records if r.details.get("inputs") == inputs]
     if not records:
         raise UnknownDataset(
-            "no training dataset version is published yet: build one first "
-            "(imageml run --until train, or materialize training_shards)"
+            "no training dataset version for the current settings yet: build one first "
+            "(imageml run --until gold, or materialize training_shards)"
         )
     return records[-1]
 

@@ -18,6 +18,7 @@ from imageml_cli.main import cli
 from imageml_cli.runner import RunSummary, open_instance, run_pipeline
 from imageml_core.manifest import TRAIN, TRAINING_SHARDS
 from imageml_core.settings import Settings
+from imageml_core.stages.train.training import UnknownDataset
 from imageml_core.storage.object_store import ObjectStore
 from imageml_dev.synthetic import generate_dataset
 from imageml_resources import open_manifest_store
@@ -193,6 +194,12 @@ def test_bad_inputs_are_one_line_errors_and_register_nothing(
         text = failure.step_failure_data.error.message.strip()
         assert message in text, (what, text)
         assert "Traceback" not in text and len(text.splitlines()) <= 2, text
+
+    # `imageml run` with a pointer to nothing says so (it does not call the model current).
+    monkeypatch.setenv("TRAIN_DATASET", "ds-doesnotexist")
+    with pytest.raises(UnknownDataset, match="TRAIN_DATASET='ds-doesnotexist' is not a"):
+        _run(Settings.from_env(), tmp_path)
+    monkeypatch.delenv("TRAIN_DATASET")
 
     # An unreachable MLflow server: fails in seconds, before any training.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imageml_assets.definitions import build_definitions
-from imageml_cli.runner import RunSummary, open_instance, run_pipeline
+from imageml_assets.definitions import build_definitions, build_resources
+from imageml_cli.runner import RunSummary, _gold_inputs, open_instance, run_pipeline
 from imageml_core.manifest import NORMALIZE, TRAINING_SHARDS
 from imageml_core.manifest.documents import TrainingDatasetManifest
 from imageml_core.manifest.keys import NormalizeKey
@@ -25,6 +25,7 @@ from imageml_core.stages.train.dataset import (
     EmptyTrainingSet,
     build_training_dataset,
 )
+from imageml_core.stages.train.training import resolve_dataset
 from imageml_core.storage.object_store import ObjectStore
 from imageml_core.storage.staging import NvmeStaging
 from imageml_core.uris import parse_s3_uri
@@ -208,6 +209,11 @@ def test_settings_changes_make_versions_and_a_deleted_image_is_left_out(
     monkeypatch.setenv("TRAIN_SHARD_IMAGES", "5")
     summary, lines = _run(Settings.from_env(), tmp_path)
     assert summary.runs == [] and "[gold] the training dataset version is up to date" in lines
+    # ... and training follows the settings: it picks that first version, not the newest.
+    now = Settings.from_env()
+    inputs = _gold_inputs(store, now, build_resources(now))
+    assert resolve_dataset(store, "", inputs=inputs).partition_key == first
+    assert resolve_dataset(store, "").partition_key == second  # merely the newest
 
     # Lineage runs from a normalized image to the shard that holds it.
     doc = read_document(object_store, store.manifests(TRAINING_SHARDS)[0], TrainingDatasetManifest)
