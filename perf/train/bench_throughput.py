@@ -22,7 +22,7 @@ largest size >= 0.90 x at the smallest). Writes ``throughput.csv`` and ``through
 to ``--out-dir``. Run it alone: another process on the two cores moves both numbers.
 
     uv run python perf/train/bench_throughput.py [--sizes 250,500,1000,2000] \\
-        [--seconds 10] [--rounds 3] [--workers 0,1] [--batch-size 32] [--model resnet10t]
+        [--seconds 10] [--rounds 3] [--workers 0,1] [--batch-size 8] [--model resnet10t]
 """
 
 from __future__ import annotations
@@ -291,9 +291,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per timed segment")
     parser.add_argument("--rounds", type=int, default=3, help="timed segments per pipeline")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per segment")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=160, help="pixels, source and input")
-    parser.add_argument("--model", default="resnet10t")
+    # The trainer's defaults (TRAIN_BATCH_SIZE, TRAIN_IMAGE_SIZE, TRAIN_MODEL), so the
+    # numbers describe what training does out of the box.
+    default = TrainerConfig()
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--image-size", type=int, default=default.image_size, help="px")
+    parser.add_argument("--model", default=default.model)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/imageml-bench-throughput"))
     args = parser.parse_args()

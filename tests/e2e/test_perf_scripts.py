@@ -69,8 +69,10 @@ def test_throughput_benchmark_prints_table_ratio_and_writes_csv_and_png(tmp_path
     )
     header = "size | workers | baseline img/s | ours img/s | ratio ours/baseline | overhead %"
     assert header in out, out
-    rows = [line for line in out.splitlines() if line.strip().startswith(("16 |", "32 |"))]
-    assert len(rows) == 4, out  # two sizes x two worker counts
+    table = out[out.index(header) :].splitlines()[1:5]  # two sizes x two worker counts
+    assert [line.split("|")[:2] for line in table] == [
+        [f"{size:6d} ", f" {workers:7d} "] for size in (16, 32) for workers in (0, 1)
+    ], out
     assert "flatness, ours img/s at 32 / at 16" in out, out
     assert "both targets met with workers:" in out, out
     csv_lines = (tmp_path / "throughput.csv").read_text().splitlines()
