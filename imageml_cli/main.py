@@ -221,10 +221,10 @@ def demo(images: int, home: str | None, keep: bool, until: str | None) -> None:
                 f"  model {model.registered_model} version {model.model_version} "
                 f"({champion}: {model.promotion.get('reason', '')}): {figures}"
             )
-            click.echo(f"    MLflow run {model.run_url or model.run_id}")
             click.echo(
-                f"    load it: mlflow.pytorch.load_model('models:/{model.registered_model}"
-                f"@{settings.promotion_alias}') with MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri}"
+                f"    MLflow run {model.run_id}, model models:/{model.registered_model}"
+                f"@{settings.promotion_alias} (the demo's MLflow server stops with it: "
+                "`imageml dev` keeps one running)"
             )
         click.echo(f"  rerun launched {len(again.runs)} run(s)")
         click.echo(

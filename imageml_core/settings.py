@@ -464,8 +464,8 @@ class Settings(BaseSettings):
     train_images_per_node: int = Field(
         0,
         ge=0,
-        description="Train images each instance stages and trains on per epoch; 0 means its "
-        "whole share (train images / TRAIN_INSTANCES).",
+        description="Train images each instance stages and trains on per epoch, in whole "
+        "shards (TRAIN_SHARD_IMAGES each, rounded up); 0 means its whole share.",
     )
     train_instance_type: str = Field(
         "",

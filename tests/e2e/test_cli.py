@@ -47,7 +47,7 @@ def test_demo_ingests_reports_and_stops_its_services(tmp_path: Path) -> None:
     assert "training dataset ds-" in out and " val images, s3://imageml/gold/datasets/" in out
     # A brief training, registered in the embedded MLflow server and made champion.
     assert "model imageml-detection version 1 (champion: no version held @champion)" in out
-    assert "map_50 " in out and "MLflow run http://127.0.0.1:" in out
+    assert "map_50 " in out and "model models:/imageml-detection@champion" in out
     assert "rerun launched 0 run(s)" in out
     assert "services stopped" in out
     # SeaweedFS and MLflow are gone: nothing runs with our data directories any more.
